@@ -1,0 +1,87 @@
+"""The independent reference for every pruning path: dropping equals masking (engine.md).
+
+Stock transformers runs the whole sequence; a forward pre-hook on each decoder layer replaces its
+attention mask (and, for the `compact` policy, its RoPE) so that the keys a method dropped are
+invisible from that layer on. Nothing here shares code with tokentrim's engine.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+
+def positions_from_mask(mask2d: torch.Tensor) -> torch.Tensor:
+    return (mask2d.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class MaskedReference:
+    """Runs stock `model` with per-layer hidden keys. hidden[l]: (B, T_total) bool, True = invisible."""
+
+    def __init__(self, model, hidden: list[torch.Tensor], *, compact: bool = False):
+        self.model = model
+        self.hidden = hidden
+        self.compact = compact
+        self.lm = model.model.language_model
+        self.mask2d: torch.Tensor | None = None
+        self.q_start = 0
+
+    def _hook(self, layer_idx):
+        def hook(module, args, kwargs):
+            hidden_states = args[0] if args else kwargs["hidden_states"]
+            batch, q = hidden_states.shape[:2]
+            kv = self.q_start + q
+            keys = torch.arange(kv)
+            queries = torch.arange(self.q_start, kv)
+            visible = self.mask2d[:, :kv] & ~self.hidden[layer_idx][:, :kv]
+            allowed = (keys[None, None, :] <= queries[None, :, None]) & visible[:, None, :]
+            allowed[:, torch.arange(q), queries] = True
+            dtype = hidden_states.dtype
+            mask = torch.zeros(batch, 1, q, kv, dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+            kwargs["attention_mask"] = mask
+            counted = visible if self.compact else self.mask2d[:, :kv]
+            positions = positions_from_mask(counted)[:, self.q_start : kv]
+            kwargs["position_embeddings"] = self.lm.rotary_emb(hidden_states, positions)
+            return args, kwargs
+
+        return hook
+
+    @torch.no_grad()
+    def step_logits(self, inputs: dict, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Last-position logits after the prompt, then after each teacher-forced token of `tokens` (B, S)."""
+        handles = [
+            layer.register_forward_pre_hook(self._hook(i), with_kwargs=True) for i, layer in enumerate(self.lm.layers)
+        ]
+        try:
+            cache = DynamicCache(config=self.lm.config)
+            self.mask2d = inputs["attention_mask"].bool()
+            self.q_start = 0
+            out = self.model(**inputs, past_key_values=cache, use_cache=True)
+            logits = [out.logits[:, -1].float()]
+            for step in range(tokens.shape[1]):
+                self.q_start = self.mask2d.shape[1]
+                self.mask2d = torch.cat([self.mask2d, torch.ones(self.mask2d.shape[0], 1, dtype=torch.bool)], 1)
+                position = positions_from_mask(self.mask2d)[:, -1:]
+                out = self.model(
+                    input_ids=tokens[:, step : step + 1],
+                    attention_mask=self.mask2d.long(),
+                    position_ids=position,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                logits.append(out.logits[:, -1].float())
+            return logits
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def eager_attentions(model, inputs: dict) -> tuple[torch.Tensor, ...]:
+    """Per-layer (B, H, T, T) attention probabilities from stock eager attention."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model(**inputs, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation(previous)

@@ -1,0 +1,3 @@
+from tokentrim_cli.cli import main
+
+main()

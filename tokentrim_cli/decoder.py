@@ -1,0 +1,386 @@
+"""The trimming engine: owns the language model's forward on one model instance (engine.md).
+
+`Trimmer(model, method).install()` replaces `model.model.language_model.forward` on that instance
+only (not the class) with a loop over the unchanged decoder layers that can drop tokens between
+layers by gathering. `generate()` stays untouched: sampling, stopping and streaming come for free.
+With the neutral setting (or the `none` method) the loop is stock transformers, bit for bit: it
+uses the stock mask and RoPE tensors for every layer whose token set nothing has changed.
+
+Index spaces (engine.md "Traps"): `token_index` is a token's column in the 2D attention mask
+(padding included), used for causality; `rope_position` is the RoPE position its key is encoded
+at. Dropped tokens keep their positions under the `keep` policy and are renumbered per layer under
+`compact`.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from .cache import PrefillTrace, PrunableCache
+from .errors import UnsupportedError
+from .methods.base import LayerState, Method, NoTrimming, QuerySpec
+from .scoring import attention_rows
+
+POSITION_POLICIES = ("keep", "compact")
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass
+class _Live:
+    """The tokens currently flowing through the decoder, (B, N) each; hidden is (B, N, D)."""
+
+    hidden: Tensor
+    token_index: Tensor
+    valid: Tensor
+    is_visual: Tensor
+    rope_position: Tensor
+    cos: Tensor
+    sin: Tensor
+    untouched: bool  # still exactly the chunk stock transformers would run (stock mask and RoPE apply)
+
+    def gather(self, index: Tensor, filler: Tensor) -> None:
+        def take(t: Tensor) -> Tensor:
+            return t.gather(1, index)
+
+        self.hidden = self.hidden.gather(1, index[..., None].expand(-1, -1, self.hidden.shape[-1]))
+        self.token_index = take(self.token_index)
+        self.valid = take(self.valid) & ~filler
+        self.is_visual = take(self.is_visual) & ~filler
+        self.rope_position = take(self.rope_position)
+        expanded = index[..., None].expand(-1, -1, self.cos.shape[-1])
+        self.cos = self.cos.expand(index.shape[0], -1, -1).gather(1, expanded)
+        self.sin = self.sin.expand(index.shape[0], -1, -1).gather(1, expanded)
+        self.untouched = False
+
+
+def pad_keep(keep: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Stack per-sample keep indices into (B, n), left-filling short rows with filler entries.
+
+    Fillers repeat the sample's first kept index and are flagged so masks hide them: a batch needs
+    one length, while methods may keep different counts per sample (engine.md "Traps").
+    """
+    longest = max(k.numel() for k in keep)
+    rows, fillers = [], []
+    for k in keep:
+        missing = longest - k.numel()
+        rows.append(torch.cat([k[:1].expand(missing), k]))
+        fillers.append(torch.arange(longest, device=k.device) < missing)
+    return torch.stack(rows), torch.stack(fillers)
+
+
+def _visual_token_ids(config) -> list[int]:
+    ids = [getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)]
+    return [i for i in ids if i is not None]
+
+
+class Trimmer:
+    """Runs a trimming method inside one LLaVA-family model. Use as a context manager or install()."""
+
+    def __init__(self, model, method: Method | None = None, *, position_policy: str = "keep") -> None:
+        if position_policy not in POSITION_POLICIES:
+            raise ValueError(f"position_policy must be one of {POSITION_POLICIES}, got {position_policy!r}")
+        self.model = model
+        self.method = method or NoTrimming(NoTrimming.Config())
+        self.position_policy = position_policy
+        self.language_model = model.model.language_model
+        self.num_layers = len(self.language_model.layers)
+        self.method.config.check_model(self.num_layers)
+        self._visual_ids = _visual_token_ids(model.config)
+        self._pending_input_ids: Tensor | None = None
+        self._handles: list = []
+        self.last_cache: PrunableCache | None = None
+
+    # ---- installation --------------------------------------------------------------------------
+
+    def install(self) -> Trimmer:
+        config = self.language_model.config
+        if config._attn_implementation not in SUPPORTED_ATTENTION:
+            raise UnsupportedError(
+                f"attention implementation '{config._attn_implementation}' is not supported by the trimming engine",
+                hint="use --attn-impl sdpa (the default) or eager",
+            )
+        if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ["full_attention"]):
+            raise UnsupportedError("models with sliding-window or linear-attention layers are not supported")
+        if "forward" in vars(self.language_model):
+            raise RuntimeError("a trimmer is already installed on this model")
+        self._handles.append(
+            self.model.model.register_forward_pre_hook(self._record_input_ids, with_kwargs=True)
+        )
+        self.language_model.forward = types.MethodType(_bound_forward(self), self.language_model)
+        return self
+
+    def uninstall(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        vars(self.language_model).pop("forward", None)
+
+    def __enter__(self) -> Trimmer:
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.uninstall()
+
+    def _record_input_ids(self, module, args, kwargs) -> None:
+        # LlavaModel passes only inputs_embeds to the language model; the visual span comes from here.
+        self._pending_input_ids = kwargs.get("input_ids", args[0] if args else None)
+
+    # ---- the forward -----------------------------------------------------------------------------
+
+    def forward(
+        self,
+        inputs_embeds: Tensor,
+        *,
+        attention_mask: Tensor | None,
+        position_ids: Tensor | None,
+        past_key_values,
+        use_cache: bool,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        lm = self.language_model
+        batch, chunk = inputs_embeds.shape[:2]
+        caller_cache = past_key_values
+        cache = self._prunable(past_key_values, attention_mask, batch, inputs_embeds.device)
+        past = cache.seen_tokens
+        if position_ids is None:  # the stock default
+            position_ids = (torch.arange(chunk, device=inputs_embeds.device) + past).unsqueeze(0)
+
+        # Stock builds its one mask before any layer runs, with a cache whenever it will use one.
+        mask_cache = cache if caller_cache is not None or use_cache else None
+        stock_mask = self._stock_mask(inputs_embeds, attention_mask, position_ids, mask_cache)
+        cos, sin = lm.rotary_emb(inputs_embeds, position_ids=position_ids)
+        live = _Live(
+            hidden=inputs_embeds,
+            token_index=(torch.arange(chunk, device=inputs_embeds.device) + past).expand(batch, -1),
+            valid=self._valid(attention_mask, past, chunk, batch, inputs_embeds.device),
+            is_visual=self._is_visual(batch, chunk, inputs_embeds.device, decoding=chunk == 1 and past > 0),
+            rope_position=position_ids.expand(batch, -1),
+            cos=cos,
+            sin=sin,
+            untouched=True,
+        )
+        decoding = chunk == 1 and past > 0
+        visual_per_layer: list[list[int]] = []
+        for layer_idx, layer in enumerate(lm.layers):
+            if not decoding:
+                self._apply(live, self.method.before_layer(self._state(layer_idx, live)))
+                visual_per_layer.append((live.is_visual & live.valid).sum(1).tolist())
+            cos_l, sin_l, rope_position = self._rope_for_layer(cache, layer_idx, live)
+            stock_compatible = live.untouched and not cache.meta.pruned[layer_idx]
+            cache.record(
+                layer_idx,
+                token_index=live.token_index,
+                rope_position=rope_position,
+                valid=live.valid,
+                is_visual=live.is_visual,
+            )
+            # Once a layer stores anything but the full sequence, only rebuilt masks are right for it.
+            cache.meta.pruned[layer_idx] = not stock_compatible
+            mask = stock_mask if stock_compatible else self._mask(cache, layer_idx, live)
+            query = self.method.score_request(layer_idx) if not decoding else None
+            hidden_in = live.hidden
+            live.hidden = layer(
+                live.hidden,
+                attention_mask=mask,
+                position_embeddings=(cos_l, sin_l),
+                position_ids=position_ids if live.untouched else live.rope_position,
+                past_key_values=cache,
+                use_cache=True,
+                **kwargs,
+            )
+            if not decoding:
+                state = self._state(layer_idx, live)
+                if query is not None:
+                    self._score(state, query, layer, cache, layer_idx, hidden_in, cos_l, sin_l)
+                self._apply(live, self.method.after_layer(state))
+
+        cache.seen_tokens = past + chunk
+        if not decoding:
+            cache.meta.prefills.append(
+                PrefillTrace(
+                    visual_per_layer=[list(x) for x in zip(*visual_per_layer)],
+                    visual_input=visual_per_layer[0],
+                    kv_after_prefill=cache.lengths(),
+                )
+            )
+        self.last_cache = cache
+        return BaseModelOutputWithPast(
+            last_hidden_state=lm.norm(live.hidden),
+            past_key_values=cache if use_cache else None,
+        )
+
+    # ---- pieces of the forward -------------------------------------------------------------------
+
+    def _prunable(self, cache, attention_mask, batch, device) -> PrunableCache:
+        if isinstance(cache, PrunableCache):
+            return cache
+        if cache is not None and cache.get_seq_length() > 0:
+            raise UnsupportedError(
+                "this conversation's KV cache was built without the trimming engine",
+                hint="start the conversation with the trimming profile installed",
+            )
+        # An empty stock cache from generate() is swapped for ours; generate() keeps the one we return.
+        return PrunableCache(self.language_model.config, self.num_layers)
+
+    def _stock_mask(self, inputs_embeds, attention_mask, position_ids, cache):
+        layer_idx = None
+        if cache is not None:
+            # Size it against a layer that still holds every token (layer 0 may have been pruned).
+            layer_idx = next((i for i, pruned in enumerate(cache.meta.pruned) if not pruned), None)
+            if layer_idx is None:
+                return None  # every layer gets a rebuilt mask
+        return create_causal_mask(
+            config=self.language_model.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            position_ids=position_ids,
+            layer_idx=layer_idx,
+        )
+
+    @staticmethod
+    def _valid(attention_mask, past, chunk, batch, device) -> Tensor:
+        if attention_mask is None or attention_mask.ndim != 2:
+            return torch.ones(batch, chunk, dtype=torch.bool, device=device)
+        return attention_mask[:, past : past + chunk].to(device=device, dtype=torch.bool)
+
+    def _is_visual(self, batch, chunk, device, *, decoding: bool) -> Tensor:
+        input_ids, self._pending_input_ids = self._pending_input_ids, None
+        if decoding or not self._visual_ids:
+            return torch.zeros(batch, chunk, dtype=torch.bool, device=device)
+        if input_ids is None or input_ids.shape != (batch, chunk):
+            if isinstance(self.method, NoTrimming):
+                return torch.zeros(batch, chunk, dtype=torch.bool, device=device)
+            raise UnsupportedError("the trimming engine needs input_ids to find the visual tokens (got inputs_embeds)")
+        ids = torch.tensor(self._visual_ids, device=input_ids.device)
+        return torch.isin(input_ids, ids).to(device)
+
+    def _state(self, layer_idx: int, live: _Live) -> LayerState:
+        return LayerState(
+            layer=layer_idx,
+            num_layers=self.num_layers,
+            token_index=live.token_index,
+            valid=live.valid,
+            is_visual=live.is_visual,
+        )
+
+    def _apply(self, live: _Live, keep: list[Tensor] | None) -> None:
+        if keep is None:
+            return
+        index, filler = pad_keep([k.to(live.hidden.device) for k in keep])
+        live.gather(index, filler)
+
+    # ---- positions -------------------------------------------------------------------------------
+
+    def _rope_for_layer(self, cache: PrunableCache, layer_idx: int, live: _Live) -> tuple[Tensor, Tensor, Tensor]:
+        """(cos, sin, positions) for the live tokens in this layer, under the position policy."""
+        if self.position_policy == "keep":
+            return live.cos, live.sin, live.rope_position
+        # compact: this layer's tokens sit at contiguous positions right after the ones it holds, so
+        # relative distances stay consistent within every layer, in prefill and decode alike.
+        base = self._next_position(cache, layer_idx, live)
+        relative = live.valid.long().cumsum(1) - 1
+        positions = (base[:, None] + relative).clamp(min=0)
+        if torch.equal(positions, live.rope_position):
+            return live.cos, live.sin, positions
+        cos, sin = self.language_model.rotary_emb(live.hidden, position_ids=positions)
+        return cos, sin, positions
+
+    @staticmethod
+    def _next_position(cache: PrunableCache, layer_idx: int, live: _Live) -> Tensor:
+        stored = cache.meta.rope_position[layer_idx]
+        if stored is None:
+            return torch.zeros(live.hidden.shape[0], dtype=torch.long, device=live.hidden.device)
+        valid = cache.meta.valid[layer_idx]
+        return stored.masked_fill(~valid, -1).max(dim=1).values + 1
+
+    # ---- masks -----------------------------------------------------------------------------------
+
+    def _mask(self, cache: PrunableCache, layer_idx: int, live: _Live) -> Tensor | None:
+        """The mask for `layer_idx` built from the stored token indices (its keys include `live`)."""
+        keys_index = cache.meta.token_index[layer_idx]  # (B, T)
+        keys_valid = cache.meta.valid[layer_idx]
+        queries, total = live.token_index.shape[1], keys_index.shape[1]
+        eager = self.language_model.config._attn_implementation == "eager"
+        all_valid = bool(keys_valid.all())
+        if all_valid and not eager and (queries == total or queries == 1):
+            return None  # sdpa's is_causal path (or a single query over a full cache), as stock does
+        if all_valid and eager and queries == 1:
+            return None
+        allowed = (keys_index[:, None, :] <= live.token_index[:, :, None]) & keys_valid[:, None, :]
+        # Every query sees itself, so filler and padding rows never go NaN.
+        own = torch.arange(total - queries, total, device=allowed.device)
+        allowed[:, torch.arange(queries, device=allowed.device), own] = True
+        allowed = allowed[:, None]  # (B, 1, N, T)
+        if not eager:
+            return allowed
+        dtype = live.hidden.dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+
+    # ---- scoring ---------------------------------------------------------------------------------
+
+    def _score(self, state, query, layer, cache, layer_idx, hidden_in, cos, sin) -> None:
+        rows, rows_valid = _query_rows(query, state)
+        take = rows[..., None]
+        hidden_rows = hidden_in.gather(1, take.expand(-1, -1, hidden_in.shape[-1]))
+        cos_rows = cos.expand(rows.shape[0], -1, -1).gather(1, take.expand(-1, -1, cos.shape[-1]))
+        sin_rows = sin.expand(rows.shape[0], -1, -1).gather(1, take.expand(-1, -1, sin.shape[-1]))
+        keys_index, keys_valid = cache.meta.token_index[layer_idx], cache.meta.valid[layer_idx]
+        row_index = state.token_index.gather(1, rows)
+        allowed = (keys_index[:, None, :] <= row_index[:, :, None]) & keys_valid[:, None, :] & rows_valid[..., None]
+        scores = attention_rows(layer, hidden_rows, cos_rows, sin_rows, cache.layers[layer_idx].keys, allowed)
+        state.attention = scores[..., -state.token_index.shape[1] :]  # the live tokens are the newest entries
+        state.query_valid = rows_valid
+
+
+def _query_rows(query: QuerySpec, state: LayerState) -> tuple[Tensor, Tensor]:
+    """(B, R) indices of the query rows in the live sequence, and which rows are real."""
+    batch, n = state.token_index.shape
+    device = state.token_index.device
+    if query is QuerySpec.LAST_TOKEN:
+        # Left padding keeps every sample's last prompt token at the last position.
+        return torch.full((batch, 1), n - 1, device=device), torch.ones(batch, 1, dtype=torch.bool, device=device)
+    positions = torch.arange(n, device=device).expand(batch, -1)
+    last_visual = torch.where(state.is_visual, positions, -1).max(dim=1).values  # (B,)
+    after = (positions > last_visual[:, None]) & state.valid & ~state.is_visual
+    count = int(after.sum(1).max())
+    order = torch.sort(after.long(), dim=1, descending=True, stable=True).indices[:, :count]
+    rows = order.sort(dim=1).values
+    return rows, after.gather(1, rows)
+
+
+def _bound_forward(trimmer: Trimmer):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        use_cache=None,
+        **kwargs,
+    ):
+        for flag in ("output_attentions", "output_hidden_states"):
+            if kwargs.pop(flag, None):
+                raise UnsupportedError(f"{flag} is not available while a trimming profile is installed")
+        kwargs.pop("return_dict", None)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        return trimmer.forward(
+            inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=self.config.use_cache if use_cache is None else use_cache,
+            **kwargs,
+        )
+
+    return forward

@@ -1,0 +1,168 @@
+"""The contract between the trimming engine (`decoder.py`) and a trimming method (methods.md §0.4).
+
+A method sees only what is in this file: its frozen config, the hooks below, and `LayerState`.
+The engine calls, in order:
+
+1. prefill, for each decoder layer `l`:
+   - `before_layer(state)` -> per-sample keep indices or None ("drop before layer l": VTW);
+   - the layer runs; if `score_request(l)` named query rows, the engine computes their attention
+     over the layer's keys (fp32, head mean, without eager attention) into `state.attention`;
+   - `after_layer(state)` -> keep indices or None ("prune after layer l": FastV, ST3's PVTP, MustDrop);
+2. end of prefill: `on_prefill_end(cache_view)` -> {layer: keep indices into that layer's cache}
+   (MustDrop's output-aware cache policy);
+3. decode, for each layer `l` of each step: if `decode_score_request(l)`, the engine scores the new
+   token's query against the layer's cache and calls `on_decode_layer(state)` -> keep indices into the
+   layer's cache or None (ST3's VTA); evicted entries are hidden from the next step on.
+
+A vision stage (MustDrop's merge and key set) uses `on_vision`; the engine then builds the language
+model's input itself. Keep indices are int64 tensors, ascending, one per sample, indexing the live
+sequence (prefill) or the layer's cache entries (end of prefill, decode).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+
+class ParamError(ValueError):
+    """A bad `[params]` entry: `key` names it so the profile loader can say where."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodConfig:
+    """Base of every method's parameters; strict about keys and types (style.md §3.5)."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
+        hints = typing.get_type_hints(cls)
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        for key, value in data.items():
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                suggestion = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ParamError(key, f"unknown key '{key}'{suggestion}; allowed: {', '.join(sorted(allowed))}")
+            _check_type(key, value, hints[key])
+        return cls(**{k: float(v) if hints[k] is float else v for k, v in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def neutral(cls, num_layers: int) -> MethodConfig:
+        """Parameters for which the method trims nothing (methods.md §5 item 8)."""
+        raise NotImplementedError
+
+    def check_model(self, num_layers: int) -> None:
+        """Raise ParamError if these parameters do not fit a decoder with `num_layers` layers."""
+
+
+def _check_type(key: str, value: Any, expected: Any) -> None:
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return
+    if expected is int and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if expected in (str, bool) and type(value) is expected:
+        return
+    origin = typing.get_origin(expected)
+    if origin is typing.Literal and value in typing.get_args(expected):
+        return
+    if origin is typing.Literal:
+        choices = ", ".join(repr(a) for a in typing.get_args(expected))
+        raise ParamError(key, f"'{key}' must be one of {choices}, got {value!r}")
+    name = getattr(expected, "__name__", str(expected))
+    raise ParamError(key, f"'{key}' must be {name}, got {type(value).__name__} {value!r}")
+
+
+def check_range(key: str, value: float, low: float, high: float, *, high_open: bool = False) -> None:
+    """Raise ParamError naming the allowed range when `value` lies outside it."""
+    inside = low <= value < high if high_open else low <= value <= high
+    if not inside:
+        bracket = ")" if high_open else "]"
+        raise ParamError(key, f"'{key}' must be in [{low}, {high}{bracket}, got {value}")
+
+
+class QuerySpec(enum.Enum):
+    """Which query rows a method wants attention scores for."""
+
+    LAST_TOKEN = "last_token"  # the last prompt token: the query that yields the first answer token
+    TEXT_AFTER_IMAGE = "text_after_image"  # every text token after the sample's last image
+
+
+@dataclass
+class LayerState:
+    """What a method sees of the live sequence at one layer of a prefill. All tensors are (B, N)."""
+
+    layer: int
+    num_layers: int
+    token_index: Tensor  # logical index of each live token (ascending per sample)
+    valid: Tensor  # False for padding and for filler entries
+    is_visual: Tensor
+    # (B, R, N) fp32 head-mean attention from the requested query rows to the live tokens, when the
+    # method asked for it with score_request(layer); rows that are padding are all zero.
+    attention: Tensor | None = None
+    query_valid: Tensor | None = None  # (B, R) which of the R rows are real queries
+
+    @property
+    def batch_size(self) -> int:
+        return self.token_index.shape[0]
+
+
+class Method:
+    """A trimming method. Subclasses override only the hooks they need; the defaults trim nothing."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[MethodConfig]]
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: MethodConfig) -> None:
+        self.config = config
+
+    def before_layer(self, state: LayerState) -> list[Tensor] | None:
+        return None
+
+    def score_request(self, layer: int) -> QuerySpec | None:
+        return None
+
+    def after_layer(self, state: LayerState) -> list[Tensor] | None:
+        return None
+
+
+class NoTrimming(Method):
+    """The baseline: the engine runs, nothing is trimmed."""
+
+    name = "none"
+    description = "no trimming (the baseline)"
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config(MethodConfig):
+        @classmethod
+        def neutral(cls, num_layers: int) -> MethodConfig:
+            return cls()
+
+    config_cls = Config
+
+
+# ---- pure helpers shared by methods -------------------------------------------------------------
+
+
+def keep_top(scores: Tensor, n_keep: int) -> Tensor:
+    """Positions of the `n_keep` highest scores, ascending; ties go to the lower position."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return order[:n_keep].sort().values
+
+
+def round_half_up(value: float) -> int:
+    """Round x.5 up (Python's round() rounds half to even, which would make 0.5 * 5 keep 2)."""
+    return int(value + 0.5)

@@ -1,0 +1,378 @@
+"""Loading LLaVA-family models: hub ids, local directories, and `random:<shape>` (no download).
+
+`load_llava()` checks the architecture from the config *before* any weights are fetched, picks
+device, dtype, quantization and attention implementation, and returns a `Loaded` bundle whose
+`info` is written into every report and calibrated profile.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+LLAVA_FAMILY = {
+    "llava": "LlavaForConditionalGeneration",
+    "llava_next": "LlavaNextForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+}
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+QUANTIZE = ("none", "8bit", "4bit")
+ATTENTION = ("auto", "sdpa", "eager")
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    model_id: str
+    revision: str  # resolved commit hash, "local" for a directory, "random" for random weights
+    model_type: str
+    device: str
+    dtype: str
+    quantize: str
+    attn_impl: str
+    num_layers: int
+    load_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Loaded:
+    model: object  # a *ForConditionalGeneration of the LLaVA family
+    processor: object
+    info: LoadInfo
+
+
+# ---- random:<shape> ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """An exact architecture to build with random weights. `description` is shown by `tokentrim env`."""
+
+    description: str
+    vision: dict
+    text: dict
+    image_size: int
+    patch_size: int
+    model_type: str = "llava"
+    text_model: str = "llama"
+    image_token_id: int | None = None  # None: right after the byte tokenizer's vocabulary
+    grid_pinpoints: tuple = ()  # LLaVA-NeXT's AnyRes resolutions
+
+
+_CLIP_L_336 = dict(
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+    image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+)  # fmt: skip
+
+SHAPES: dict[str, Shape] = {
+    "tiny": Shape(
+        "2-layer CLIP (16 visual tokens) + 4-layer Llama with grouped KV heads; for tests",
+        vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2),
+        image_size=32,
+        patch_size=8,
+    ),
+    "tiny-next": Shape(
+        "LLaVA-NeXT (AnyRes, several crops + newline tokens) with a 4-layer Qwen2 decoder; for tests",
+        vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2),
+        image_size=32,
+        patch_size=8,
+        model_type="llava_next",
+        text_model="qwen2",
+        grid_pinpoints=((32, 32), (32, 64), (64, 32), (64, 64)),
+    ),
+    "cpu-576": Shape(
+        "CPU-sized benchmark model: 4-layer CLIP at 336 px (576 visual tokens) + 12-layer hidden-1024 Llama",
+        vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4),
+        text=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=16,
+                  num_key_value_heads=16),
+        image_size=336,
+        patch_size=14,
+    ),
+    "llava-1.5-7b": Shape(
+        "exact llava-hf/llava-1.5-7b-hf architecture: CLIP ViT-L/14-336 + Llama-2-7B (7.06B parameters)",
+        vision=_CLIP_L_336,
+        text=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5),
+        image_size=336,
+        patch_size=14,
+        image_token_id=32000,
+    ),
+    "llava-1.5-13b": Shape(
+        "exact llava-hf/llava-1.5-13b-hf architecture: CLIP ViT-L/14-336 + Llama-2-13B",
+        vision=_CLIP_L_336,
+        text=dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                  num_key_value_heads=40, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5),
+        image_size=336,
+        patch_size=14,
+        image_token_id=32000,
+    ),
+}
+
+
+def _byte_tokenizer(image_token_id: int | None, chat_template: str):
+    """A byte-level tokenizer built offline: every byte is a token; <image> sits at `image_token_id`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for char in pre_tokenizers.ByteLevel.alphabet():
+        vocab[char] = len(vocab)
+    image_token_id = image_token_id or len(vocab)
+    while len(vocab) < image_token_id:  # filler so the image token lands where the real model has it
+        vocab[f"<extra_{len(vocab)}>"] = len(vocab)
+    vocab["<image>"] = image_token_id
+    vocab["<pad>"] = image_token_id + 1
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+        chat_template=chat_template,
+        padding_side="left",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.add_bos_token = True
+    return tokenizer
+
+
+# LLaVA-1.5's conversation format: "USER: <image>\n{question} ASSISTANT: {answer}</s>".
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] + ' ' }}{% endfor %}"
+    "{% else %}"
+    "{{ message['role'].upper() + ': ' }}"
+    "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ ' ' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def build_random(shape_name: str, *, seed: int = 0, device: str = "cpu", dtype=None):
+    """A LLaVA model with random weights and the exact architecture of `shape_name`, plus a processor."""
+    import torch
+    import transformers
+    from transformers import CLIPVisionConfig
+
+    from .errors import ModelUnavailableError
+
+    if shape_name not in SHAPES:
+        raise ModelUnavailableError(
+            f"unknown random shape '{shape_name}'", hint=f"known shapes: {', '.join(SHAPES)} (see `tokentrim env`)"
+        )
+    shape = SHAPES[shape_name]
+    tokenizer = _byte_tokenizer(shape.image_token_id, LLAVA_CHAT_TEMPLATE)
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    text_config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[shape.text_model]
+    text = dict(vocab_size=image_token_id + 64, max_position_embeddings=4096) | shape.text
+    vision = dict(image_size=shape.image_size, patch_size=shape.patch_size) | shape.vision
+    extra = {"image_grid_pinpoints": [list(p) for p in shape.grid_pinpoints]} if shape.grid_pinpoints else {}
+    config_class = {"llava": transformers.LlavaConfig, "llava_next": transformers.LlavaNextConfig}[shape.model_type]
+    config = config_class(
+        vision_config=CLIPVisionConfig(**vision),
+        text_config=text_config_class(
+            **text,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_index=image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        **extra,
+    )
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = getattr(transformers, LLAVA_FAMILY[shape.model_type])(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval(), _processor(shape, tokenizer)
+
+
+def _processor(shape: Shape, tokenizer):
+    # The PIL image processors: torchvision has no CPU build here, and must not be required.
+    from transformers import CLIPImageProcessorPil, LlavaNextProcessor, LlavaProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    size = dict(size={"shortest_edge": shape.image_size}, crop_size={"height": shape.image_size, "width": shape.image_size})
+    common = dict(
+        tokenizer=tokenizer,
+        patch_size=shape.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    if shape.model_type == "llava_next":
+        pinpoints = [list(p) for p in shape.grid_pinpoints]
+        return LlavaNextProcessor(image_processor=LlavaNextImageProcessorPil(**size, image_grid_pinpoints=pinpoints), **common)
+    return LlavaProcessor(image_processor=CLIPImageProcessorPil(**size), **common)
+
+
+# ---- loading -----------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    from .errors import EnvironmentProblem
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EnvironmentProblem(f"--device {device} was asked for, but CUDA is not available", hint="use --device cpu")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_llava(
+    model_id: str,
+    *,
+    revision: str | None = None,
+    offline: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    quantize: str = "none",
+    attn_impl: str = "auto",
+    seed: int = 0,
+) -> Loaded:
+    """Load a LLaVA-family model and its processor. Raises ModelUnavailableError (exit 4) and friends."""
+    import torch
+
+    started = time.perf_counter()
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    attn = "sdpa" if attn_impl == "auto" else attn_impl
+    if model_id.startswith("random:"):
+        model, processor = build_random(model_id.split(":", 1)[1], seed=seed, device=device, dtype=torch_dtype)
+        if quantize != "none":
+            model = _quantize_random(model, quantize, device, torch_dtype, attn)
+        model.set_attn_implementation(attn)
+        revision_used, model_type = "random", model.config.model_type
+    else:
+        model, processor, revision_used, model_type = _load_pretrained(
+            model_id, revision=revision, offline=offline, device=device, dtype=torch_dtype,
+            quantize=quantize, attn=attn,
+        )  # fmt: skip
+    info = LoadInfo(
+        model_id=model_id,
+        revision=revision_used,
+        model_type=model_type,
+        device=device,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        quantize=quantize,
+        attn_impl=attn,
+        num_layers=len(model.model.language_model.layers),
+        load_s=time.perf_counter() - started,
+    )
+    return Loaded(model=model.eval(), processor=processor, info=info)
+
+
+def _check_family(config, model_id: str) -> str:
+    from .errors import ModelUnavailableError
+
+    model_type = getattr(config, "model_type", None)
+    if model_type not in LLAVA_FAMILY:
+        raise ModelUnavailableError(
+            f"'{model_id}' is a '{model_type}' model, not a LLaVA-family model",
+            hint=f"supported model types: {', '.join(LLAVA_FAMILY)}",
+        )
+    return model_type
+
+
+def _quantization_config(quantize: str, dtype):
+    from transformers import BitsAndBytesConfig
+
+    # The vision tower and projector are small and precision-sensitive; only the decoder is quantized.
+    skip = ["vision_tower", "multi_modal_projector", "lm_head"]
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip
+    )
+
+
+def _load_pretrained(model_id, *, revision, offline, device, dtype, quantize, attn):
+    import transformers
+    from transformers import AutoConfig, AutoProcessor
+
+    from .errors import EnvironmentProblem, ModelUnavailableError
+
+    local = Path(model_id).is_dir()
+    hub = dict(revision=revision, local_files_only=offline or local)
+    try:
+        config = AutoConfig.from_pretrained(model_id, **hub)
+    except (OSError, ValueError) as e:
+        where = "this directory" if local else ("the local Hugging Face cache (offline)" if offline else "the hub")
+        raise ModelUnavailableError(
+            f"cannot load '{model_id}' from {where}: {str(e).splitlines()[0]}",
+            hint="check the id or path; without network, pass --offline and a model already in the cache",
+        ) from None
+    model_type = _check_family(config, model_id)  # before any weights are fetched
+    model_class = getattr(transformers, LLAVA_FAMILY[model_type])
+    kwargs = dict(dtype=dtype, attn_implementation=attn, **hub)
+    if quantize != "none":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as e:
+            raise EnvironmentProblem(f"--quantize {quantize} needs bitsandbytes: {e}") from None
+        kwargs["quantization_config"] = _quantization_config(quantize, dtype)
+        kwargs["device_map"] = {"": device}
+    try:
+        model = model_class.from_pretrained(model_id, **kwargs)
+        processor = AutoProcessor.from_pretrained(model_id, **hub)
+    except OSError as e:
+        raise ModelUnavailableError(f"cannot load '{model_id}': {str(e).splitlines()[0]}") from None
+    if quantize == "none":
+        model = model.to(device)
+    revision_used = "local" if local else (getattr(config, "_commit_hash", None) or revision or "unknown")
+    return model, processor, revision_used, model_type
+
+
+def _quantize_random(model, quantize: str, device: str, dtype, attn: str):
+    """bitsandbytes quantizes at load time, so random weights take a round trip through a temp dir."""
+    model_class = type(model)
+    with tempfile.TemporaryDirectory(prefix="tokentrim-random-") as tmp:
+        model.save_pretrained(tmp)
+        del model
+        return model_class.from_pretrained(
+            tmp,
+            dtype=dtype,
+            attn_implementation=attn,
+            quantization_config=_quantization_config(quantize, dtype),
+            device_map={"": device},
+        )
+
+
+def shape_table() -> list[tuple[str, str]]:
+    """(name, description) of every random shape, for `tokentrim env` and help texts."""
+    return [(f"random:{name}", shape.description) for name, shape in SHAPES.items()]
+
+
+def default_model_id() -> str:
+    return os.environ.get("TOKENTRIM_MODEL", "random:tiny")

@@ -1,0 +1,49 @@
+"""Attention rows for a few queries, without eager attention (engine.md §5, methods.md §0.4).
+
+The real attention keeps running through sdpa (or FlashAttention); for the layers a method scores,
+we recompute the query of the selected rows from the layer's input (input norm, q projection, RoPE)
+and take a softmax against that layer's cached keys, in fp32, averaged over heads. Cost O(rows x T).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import Tensor
+
+
+def _rotary(attention_module):
+    # Use the architecture's own RoPE application so scores match what the layer computed.
+    module = sys.modules[type(attention_module).__module__]
+    return module.apply_rotary_pos_emb
+
+
+def attention_rows(
+    decoder_layer,
+    hidden_rows: Tensor,
+    cos_rows: Tensor,
+    sin_rows: Tensor,
+    keys: Tensor,
+    allowed: Tensor,
+) -> Tensor:
+    """Head-mean attention probabilities of the query rows over the layer's keys, in fp32.
+
+    hidden_rows: (B, R, D) the layer's *input* hidden states at the query rows.
+    cos_rows, sin_rows: (B, R, head_dim) RoPE of the query rows.
+    keys: (B, H_kv, T, head_dim) the layer's cached keys (RoPE applied).
+    allowed: (B, R, T) bool, which keys each query may see; rows with none give zeros.
+    Returns (B, R, T).
+    """
+    attention = decoder_layer.self_attn
+    batch, rows, _ = hidden_rows.shape
+    normed = decoder_layer.input_layernorm(hidden_rows)
+    query = attention.q_proj(normed).view(batch, rows, -1, attention.head_dim).transpose(1, 2)  # (B, H, R, hd)
+    query, _ = _rotary(attention)(query, query, cos_rows, sin_rows)
+    heads_per_kv = attention.num_key_value_groups
+    query = query.float().reshape(batch, keys.shape[1], heads_per_kv * rows, attention.head_dim)  # group per KV head
+    logits = torch.matmul(query, keys.float().transpose(2, 3)) * attention.scaling  # (B, H_kv, g*R, T)
+    logits = logits.reshape(batch, -1, rows, keys.shape[2])  # (B, H, R, T)
+    logits = logits.masked_fill(~allowed[:, None], float("-inf"))
+    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # fully masked rows -> zeros
+    return probs.mean(dim=1)
