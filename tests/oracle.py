@@ -15,16 +15,24 @@ def positions_from_mask(mask2d: torch.Tensor) -> torch.Tensor:
     return (mask2d.long().cumsum(-1) - 1).clamp(min=0)
 
 
+NEVER = 1 << 30
+
+
 class MaskedReference:
-    """Runs stock `model` with per-layer hidden keys. hidden[l]: (B, T_total) bool, True = invisible."""
+    """Runs stock `model` with per-layer hidden keys.
+
+    hidden[l]: (B, T_total) bool (True = invisible in every forward), or int64: the forward from
+    which the key is invisible (0 = the prefill, k = the k-th decode step, NEVER = always visible).
+    """
 
     def __init__(self, model, hidden: list[torch.Tensor], *, compact: bool = False):
         self.model = model
-        self.hidden = hidden
+        self.hidden_from = [torch.where(h, 0, NEVER) if h.dtype == torch.bool else h for h in hidden]
         self.compact = compact
         self.lm = model.model.language_model
         self.mask2d: torch.Tensor | None = None
         self.q_start = 0
+        self.forward_index = 0
 
     def _hook(self, layer_idx):
         def hook(module, args, kwargs):
@@ -33,7 +41,7 @@ class MaskedReference:
             kv = self.q_start + q
             keys = torch.arange(kv)
             queries = torch.arange(self.q_start, kv)
-            visible = self.mask2d[:, :kv] & ~self.hidden[layer_idx][:, :kv]
+            visible = self.mask2d[:, :kv] & (self.hidden_from[layer_idx][:, :kv] > self.forward_index)
             allowed = (keys[None, None, :] <= queries[None, :, None]) & visible[:, None, :]
             allowed[:, torch.arange(q), queries] = True
             dtype = hidden_states.dtype
@@ -56,9 +64,11 @@ class MaskedReference:
             cache = DynamicCache(config=self.lm.config)
             self.mask2d = inputs["attention_mask"].bool()
             self.q_start = 0
+            self.forward_index = 0
             out = self.model(**inputs, past_key_values=cache, use_cache=True)
             logits = [out.logits[:, -1].float()]
             for step in range(tokens.shape[1]):
+                self.forward_index = step + 1
                 self.q_start = self.mask2d.shape[1]
                 self.mask2d = torch.cat([self.mask2d, torch.ones(self.mask2d.shape[0], 1, dtype=torch.bool)], 1)
                 position = positions_from_mask(self.mask2d)[:, -1:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import PROMPTS, make_inputs
-from oracle import MaskedReference, eager_attentions
+from oracle import NEVER, MaskedReference, eager_attentions
 
 from tokentrim_cli.decoder import Trimmer
 from tokentrim_cli.methods import FastV, VTW
@@ -91,12 +91,15 @@ def fastv_hidden_keys(model, inputs, layer: int, drop_ratio: float) -> torch.Ten
 
 
 def check_against_oracle(model, inputs, trimmer, hidden_from_layer: dict, *, compact=False):
-    """hidden_from_layer: {first layer that no longer sees them: (B, T+steps) bool}."""
+    """hidden_from_layer: {first layer that no longer sees them: (B, T+steps) bool, or int64 giving
+    the forward (0 = prefill, k = k-th decode step) from which they are hidden}."""
     num_layers = len(model.model.language_model.layers)
-    hidden = [torch.zeros_like(next(iter(hidden_from_layer.values()))) for _ in range(num_layers)]
+    shape = next(iter(hidden_from_layer.values())).shape
+    hidden = [torch.full(shape, NEVER) for _ in range(num_layers)]
     for start, keys in hidden_from_layer.items():
+        from_step = torch.where(keys, 0, NEVER) if keys.dtype == torch.bool else keys
         for layer in range(start, num_layers):
-            hidden[layer] = hidden[layer] | keys
+            hidden[layer] = torch.minimum(hidden[layer], from_step)
     ours = generate(model, inputs, trimmer)
     tokens = ours.sequences[:, inputs["input_ids"].shape[1] :]
     reference = MaskedReference(model, hidden, compact=compact).step_logits(inputs, tokens[:, :STEPS])

@@ -6,7 +6,8 @@ Every cached entry carries, per layer and per sample:
 - `rope_position`: the RoPE position its key was encoded at (`keep` or `compact` policy);
 - `valid`: False for left padding and for the filler entries that make per-sample keep sets the
   same length in a batch;
-- `is_visual`: whether it is an image token.
+- `is_visual`: whether it is an image token;
+- `protected`: whether a vision stage marked it as never to be dropped (MustDrop's key set).
 
 `get_seq_length()` returns the number of tokens *seen* (the logical length), not the stored length of
 layer 0, so `generate()` slices its inputs right even when every layer was pruned (engine.md §4).
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import DynamicCache
 
-_META = ("token_index", "rope_position", "valid", "is_visual")
+_META = ("token_index", "rope_position", "valid", "is_visual", "protected")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class CacheMeta:
     rope_position: list[Tensor | None]
     valid: list[Tensor | None]
     is_visual: list[Tensor | None]
+    protected: list[Tensor | None]
     pruned: list[bool]
     method_state: dict = field(default_factory=dict)
     prefills: list[PrefillTrace] = field(default_factory=list)
@@ -56,6 +58,7 @@ class PrunableCache(DynamicCache):
             rope_position=[None] * num_layers,
             valid=[None] * num_layers,
             is_visual=[None] * num_layers,
+            protected=[None] * num_layers,
             pruned=[False] * num_layers,
         )
 
@@ -103,8 +106,11 @@ class PrunableCache(DynamicCache):
             new = entries[name]
             column[layer] = new if column[layer] is None else torch.cat([column[layer], new], dim=1)
 
-    def keep_entries(self, layer: int, keep: Tensor) -> None:
-        """Keep only entries `keep` (B, n) of `layer`, in that order; every other entry is forgotten."""
+    def keep_entries(self, layer: int, keep: Tensor, filler: Tensor) -> None:
+        """Keep only entries `keep` (B, n) of `layer`, in that order; every other entry is forgotten.
+
+        `filler` (B, n) flags repeated entries that only pad a sample's row to the batch's length.
+        """
         cache_layer = self.layers[layer]
         index = keep.to(cache_layer.keys.device)
         kv_index = index[:, None, :, None].expand(-1, cache_layer.keys.shape[1], -1, cache_layer.keys.shape[3])
@@ -113,6 +119,9 @@ class PrunableCache(DynamicCache):
         for name in _META:
             column = getattr(self.meta, name)
             column[layer] = column[layer].gather(1, index.to(column[layer].device))
+        for name in ("valid", "is_visual", "protected"):
+            column = getattr(self.meta, name)
+            column[layer] = column[layer] & ~filler.to(column[layer].device)
         self.meta.pruned[layer] = True
 
     def lengths(self) -> list[int]:

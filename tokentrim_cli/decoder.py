@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 
 from .cache import PrefillTrace, PrunableCache
 from .errors import UnsupportedError
-from .methods.base import LayerState, Method, NoTrimming, QuerySpec
+from .methods.base import LayerState, Method, NoTrimming, QuerySpec, VisionInputs
 from .scoring import attention_rows
 
 POSITION_POLICIES = ("keep", "compact")
@@ -39,6 +39,7 @@ class _Live:
     token_index: Tensor
     valid: Tensor
     is_visual: Tensor
+    protected: Tensor
     rope_position: Tensor
     cos: Tensor
     sin: Tensor
@@ -52,6 +53,7 @@ class _Live:
         self.token_index = take(self.token_index)
         self.valid = take(self.valid) & ~filler
         self.is_visual = take(self.is_visual) & ~filler
+        self.protected = take(self.protected) & ~filler
         self.rope_position = take(self.rope_position)
         expanded = index[..., None].expand(-1, -1, self.cos.shape[-1])
         self.cos = self.cos.expand(index.shape[0], -1, -1).gather(1, expanded)
@@ -93,6 +95,7 @@ class Trimmer:
         self.method.config.check_model(self.num_layers)
         self._visual_ids = _visual_token_ids(model.config)
         self._pending_input_ids: Tensor | None = None
+        self._pending_vision: tuple[Tensor, Tensor] | None = None  # (keep, protected) over image slots
         self._handles: list = []
         self.last_cache: PrunableCache | None = None
 
@@ -109,10 +112,17 @@ class Trimmer:
             raise UnsupportedError("models with sliding-window or linear-attention layers are not supported")
         if "forward" in vars(self.language_model):
             raise RuntimeError("a trimmer is already installed on this model")
+        if self.method.has_vision_stage() and self.model.config.model_type != "llava":
+            raise UnsupportedError(
+                f"method '{self.method.name}' has a vision stage, supported on LLaVA-1.5-style models only",
+                hint="LLaVA-NeXT packs crops and newline tokens after the vision tower",
+            )
         self._handles.append(
             self.model.model.register_forward_pre_hook(self._record_input_ids, with_kwargs=True)
         )
         self.language_model.forward = types.MethodType(_bound_forward(self), self.language_model)
+        if self.method.has_vision_stage():
+            self.model.model.get_image_features = self._vision_stage(self.model.model.get_image_features)
         return self
 
     def uninstall(self) -> None:
@@ -120,6 +130,7 @@ class Trimmer:
             handle.remove()
         self._handles.clear()
         vars(self.language_model).pop("forward", None)
+        vars(self.model.model).pop("get_image_features", None)
 
     def __enter__(self) -> Trimmer:
         return self.install()
@@ -130,6 +141,23 @@ class Trimmer:
     def _record_input_ids(self, module, args, kwargs) -> None:
         # LlavaModel passes only inputs_embeds to the language model; the visual span comes from here.
         self._pending_input_ids = kwargs.get("input_ids", args[0] if args else None)
+
+    def _vision_stage(self, stock_get_image_features):
+        """Wrap LlavaModel.get_image_features so the method's vision stage supplies the features."""
+
+        def get_image_features(pixel_values, **kwargs):
+            def stock() -> list[Tensor]:
+                return list(stock_get_image_features(pixel_values, **kwargs).pooler_output)
+
+            output = self.method.on_vision(VisionInputs(self.model.model, pixel_values, kwargs, stock))
+            if output is None:
+                return stock_get_image_features(pixel_values, **kwargs)
+            protected = output.protected or [torch.zeros_like(k) for k in output.keep]
+            # Placeholders are filled image after image in row-major order, as masked_scatter does.
+            self._pending_vision = (torch.cat(output.keep), torch.cat(protected))
+            return BaseModelOutputWithPooling(pooler_output=output.features)
+
+        return get_image_features
 
     # ---- the forward -----------------------------------------------------------------------------
 
@@ -146,32 +174,25 @@ class Trimmer:
         lm = self.language_model
         batch, chunk = inputs_embeds.shape[:2]
         caller_cache = past_key_values
-        cache = self._prunable(past_key_values, attention_mask, batch, inputs_embeds.device)
+        cache = self._prunable(past_key_values)
         past = cache.seen_tokens
+        decoding = chunk == 1 and past > 0
         if position_ids is None:  # the stock default
             position_ids = (torch.arange(chunk, device=inputs_embeds.device) + past).unsqueeze(0)
 
         # Stock builds its one mask before any layer runs, with a cache whenever it will use one.
         mask_cache = cache if caller_cache is not None or use_cache else None
         stock_mask = self._stock_mask(inputs_embeds, attention_mask, position_ids, mask_cache)
-        cos, sin = lm.rotary_emb(inputs_embeds, position_ids=position_ids)
-        live = _Live(
-            hidden=inputs_embeds,
-            token_index=(torch.arange(chunk, device=inputs_embeds.device) + past).expand(batch, -1),
-            valid=self._valid(attention_mask, past, chunk, batch, inputs_embeds.device),
-            is_visual=self._is_visual(batch, chunk, inputs_embeds.device, decoding=chunk == 1 and past > 0),
-            rope_position=position_ids.expand(batch, -1),
-            cos=cos,
-            sin=sin,
-            untouched=True,
-        )
-        decoding = chunk == 1 and past > 0
+        live = self._live(inputs_embeds, attention_mask, position_ids, past, decoding)
+        if not decoding:
+            self._apply(live, self._vision_drops(live))
+
         visual_per_layer: list[list[int]] = []
         for layer_idx, layer in enumerate(lm.layers):
             if not decoding:
                 self._apply(live, self.method.before_layer(self._state(layer_idx, live)))
                 visual_per_layer.append((live.is_visual & live.valid).sum(1).tolist())
-            cos_l, sin_l, rope_position = self._rope_for_layer(cache, layer_idx, live)
+            cos, sin, rope_position = self._rope_for_layer(cache, layer_idx, live)
             stock_compatible = live.untouched and not cache.meta.pruned[layer_idx]
             cache.record(
                 layer_idx,
@@ -179,29 +200,34 @@ class Trimmer:
                 rope_position=rope_position,
                 valid=live.valid,
                 is_visual=live.is_visual,
+                protected=live.protected,
             )
             # Once a layer stores anything but the full sequence, only rebuilt masks are right for it.
             cache.meta.pruned[layer_idx] = not stock_compatible
             mask = stock_mask if stock_compatible else self._mask(cache, layer_idx, live)
-            query = self.method.score_request(layer_idx) if not decoding else None
+            query = None if decoding else self.method.score_request(layer_idx)
             hidden_in = live.hidden
             live.hidden = layer(
                 live.hidden,
                 attention_mask=mask,
-                position_embeddings=(cos_l, sin_l),
-                position_ids=position_ids if live.untouched else live.rope_position,
+                position_embeddings=(cos, sin),
+                position_ids=position_ids if live.untouched else rope_position,
                 past_key_values=cache,
                 use_cache=True,
                 **kwargs,
             )
-            if not decoding:
-                state = self._state(layer_idx, live)
-                if query is not None:
-                    self._score(state, query, layer, cache, layer_idx, hidden_in, cos_l, sin_l)
-                self._apply(live, self.method.after_layer(state))
+            if decoding:
+                self._decode_step(cache, layer_idx, layer, live, hidden_in, cos, sin)
+                continue
+            state = self._state(layer_idx, live)
+            if query is not None:
+                scores, state.query_valid = self._score(query, state, layer, cache, layer_idx, hidden_in, cos, sin)
+                state.attention = scores[..., -live.token_index.shape[1] :]  # the live tokens are the newest
+            self._apply(live, self.method.after_layer(state))
 
         cache.seen_tokens = past + chunk
         if not decoding:
+            self._prefill_end(cache)
             cache.meta.prefills.append(
                 PrefillTrace(
                     visual_per_layer=[list(x) for x in zip(*visual_per_layer)],
@@ -215,9 +241,67 @@ class Trimmer:
             past_key_values=cache if use_cache else None,
         )
 
+    def _live(self, inputs_embeds, attention_mask, position_ids, past, decoding) -> _Live:
+        batch, chunk = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+        cos, sin = self.language_model.rotary_emb(inputs_embeds, position_ids=position_ids)
+        no = torch.zeros(batch, chunk, dtype=torch.bool, device=device)
+        return _Live(
+            hidden=inputs_embeds,
+            token_index=(torch.arange(chunk, device=device) + past).expand(batch, -1),
+            valid=self._valid(attention_mask, past, chunk, batch, device),
+            is_visual=self._is_visual(batch, chunk, device, decoding=decoding),
+            protected=no,
+            rope_position=position_ids.expand(batch, -1),
+            cos=cos,
+            sin=sin,
+            untouched=True,
+        )
+
+    def _vision_drops(self, live: _Live) -> list[Tensor] | None:
+        """Apply a vision stage's verdicts: protect slots, and drop the ones it merged away."""
+        pending, self._pending_vision = self._pending_vision, None
+        if pending is None:
+            return None
+        keep_slots, protected_slots = (t.to(live.hidden.device) for t in pending)
+        image_token = torch.isin(self._last_input_ids, torch.tensor(self._visual_ids, device=live.hidden.device))
+        dropped = torch.zeros_like(live.valid)
+        dropped[image_token] = ~keep_slots
+        live.protected = live.protected.clone()
+        live.protected[image_token] = protected_slots
+        if not dropped.any():
+            return None
+        return [(~row).nonzero().squeeze(1) for row in dropped]
+
+    def _decode_step(self, cache, layer_idx, layer, live, hidden_in, cos, sin) -> None:
+        if not self.method.decode_score_request(layer_idx):
+            return
+        state = self._cache_state(cache, layer_idx)
+        scores, _ = self._score(QuerySpec.LAST_TOKEN, self._state(layer_idx, live), layer, cache, layer_idx, hidden_in, cos, sin)
+        state.attention = scores  # (B, 1, T): the new token over this layer's whole cache
+        keep = self.method.on_decode_layer(state)
+        if keep is not None:  # hidden from the next step on
+            cache.keep_entries(layer_idx, *pad_keep([k.to(live.hidden.device) for k in keep]))
+
+    def _prefill_end(self, cache: PrunableCache) -> None:
+        views = [self._cache_state(cache, layer) for layer in range(self.num_layers)]
+        for layer, keep in (self.method.on_prefill_end(views) or {}).items():
+            cache.keep_entries(layer, *pad_keep(keep))
+
+    def _cache_state(self, cache: PrunableCache, layer: int) -> LayerState:
+        meta = cache.meta
+        return LayerState(
+            layer=layer,
+            num_layers=self.num_layers,
+            token_index=meta.token_index[layer],
+            valid=meta.valid[layer],
+            is_visual=meta.is_visual[layer],
+            protected=meta.protected[layer],
+        )
+
     # ---- pieces of the forward -------------------------------------------------------------------
 
-    def _prunable(self, cache, attention_mask, batch, device) -> PrunableCache:
+    def _prunable(self, cache) -> PrunableCache:
         if isinstance(cache, PrunableCache):
             return cache
         if cache is not None and cache.get_seq_length() > 0:
@@ -258,6 +342,7 @@ class Trimmer:
             if isinstance(self.method, NoTrimming):
                 return torch.zeros(batch, chunk, dtype=torch.bool, device=device)
             raise UnsupportedError("the trimming engine needs input_ids to find the visual tokens (got inputs_embeds)")
+        self._last_input_ids = input_ids.to(device)
         ids = torch.tensor(self._visual_ids, device=input_ids.device)
         return torch.isin(input_ids, ids).to(device)
 
@@ -268,6 +353,7 @@ class Trimmer:
             token_index=live.token_index,
             valid=live.valid,
             is_visual=live.is_visual,
+            protected=live.protected,
         )
 
     def _apply(self, live: _Live, keep: list[Tensor] | None) -> None:
@@ -327,7 +413,8 @@ class Trimmer:
 
     # ---- scoring ---------------------------------------------------------------------------------
 
-    def _score(self, state, query, layer, cache, layer_idx, hidden_in, cos, sin) -> None:
+    def _score(self, query, state, layer, cache, layer_idx, hidden_in, cos, sin) -> tuple[Tensor, Tensor]:
+        """(B, R, T) head-mean attention of the query rows over the layer's cached keys, and row validity."""
         rows, rows_valid = _query_rows(query, state)
         take = rows[..., None]
         hidden_rows = hidden_in.gather(1, take.expand(-1, -1, hidden_in.shape[-1]))
@@ -337,8 +424,7 @@ class Trimmer:
         row_index = state.token_index.gather(1, rows)
         allowed = (keys_index[:, None, :] <= row_index[:, :, None]) & keys_valid[:, None, :] & rows_valid[..., None]
         scores = attention_rows(layer, hidden_rows, cos_rows, sin_rows, cache.layers[layer_idx].keys, allowed)
-        state.attention = scores[..., -state.token_index.shape[1] :]  # the live tokens are the newest entries
-        state.query_valid = rows_valid
+        return scores, rows_valid
 
 
 def _query_rows(query: QuerySpec, state: LayerState) -> tuple[Tensor, Tensor]:

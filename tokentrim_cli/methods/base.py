@@ -26,6 +26,7 @@ import difflib
 import enum
 import typing
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -102,13 +103,18 @@ class QuerySpec(enum.Enum):
 
 @dataclass
 class LayerState:
-    """What a method sees of the live sequence at one layer of a prefill. All tensors are (B, N)."""
+    """What a method sees at one layer. All tensors are (B, N).
+
+    In prefill the N tokens are the live sequence entering or leaving the layer; at the end of
+    prefill and in decode they are the layer's cached entries.
+    """
 
     layer: int
     num_layers: int
-    token_index: Tensor  # logical index of each live token (ascending per sample)
+    token_index: Tensor  # logical index of each token (ascending per sample)
     valid: Tensor  # False for padding and for filler entries
     is_visual: Tensor
+    protected: Tensor  # tokens an earlier stage marked as never to be dropped (MustDrop's key set)
     # (B, R, N) fp32 head-mean attention from the requested query rows to the live tokens, when the
     # method asked for it with score_request(layer); rows that are padding are all zero.
     attention: Tensor | None = None
@@ -117,6 +123,29 @@ class LayerState:
     @property
     def batch_size(self) -> int:
         return self.token_index.shape[0]
+
+
+@dataclass
+class VisionInputs:
+    """What a vision stage gets: the LlavaModel, the pixels, and the stock feature path."""
+
+    model: Any  # the LlavaModel (vision_tower, multi_modal_projector, config)
+    pixel_values: Tensor
+    kwargs: dict
+    stock_features: Callable[[], list[Tensor]]  # per image (n_slots, D), exactly what stock computes
+
+
+@dataclass
+class VisionOutput:
+    """A vision stage's result, per image, in placeholder order (n_slots = the image's placeholder count).
+
+    Slots with keep=False are dropped before the first decoder layer, so a method may merge or
+    select tokens without touching the processor's placeholder count.
+    """
+
+    features: list[Tensor]  # (n_slots, D)
+    keep: list[Tensor]  # (n_slots,) bool
+    protected: list[Tensor] | None = None  # (n_slots,) bool: later stages must not drop these
 
 
 class Method:
@@ -137,6 +166,26 @@ class Method:
 
     def after_layer(self, state: LayerState) -> list[Tensor] | None:
         return None
+
+    def on_prefill_end(self, layers: list[LayerState]) -> dict[int, list[Tensor]] | None:
+        """Rewrite caches once prefill is done: {layer: keep indices into that layer's entries}."""
+        return None
+
+    def decode_score_request(self, layer: int) -> bool:
+        """Whether to score the new token's query against `layer`'s cache at each decode step."""
+        return False
+
+    def on_decode_layer(self, state: LayerState) -> list[Tensor] | None:
+        """Keep indices into the layer's cache entries (state.attention is (B, 1, T)), or None."""
+        return None
+
+    def on_vision(self, vision: VisionInputs) -> VisionOutput | None:
+        """Replace the image features, possibly dropping or protecting slots; None keeps stock."""
+        return None
+
+    @classmethod
+    def has_vision_stage(cls) -> bool:
+        return cls.on_vision is not Method.on_vision
 
 
 class NoTrimming(Method):
