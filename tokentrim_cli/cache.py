@@ -30,6 +30,7 @@ class PrefillTrace:
     """What one prefill did: visual tokens entering each decoder layer, per sample."""
 
     visual_per_layer: list[list[int]]  # [sample][layer]
+    tokens_per_layer: list[list[int]]  # [sample][layer]: every real token entering the layer
     visual_input: list[int]  # [sample]: visual tokens entering the language model (input budget)
     kv_after_prefill: list[int]  # [layer]: stored entries per layer once the prefill ended
 

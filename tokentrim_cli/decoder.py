@@ -188,10 +188,12 @@ class Trimmer:
             self._apply(live, self._vision_drops(live))
 
         visual_per_layer: list[list[int]] = []
+        tokens_per_layer: list[list[int]] = []
         for layer_idx, layer in enumerate(lm.layers):
             if not decoding:
                 self._apply(live, self.method.before_layer(self._state(layer_idx, live)))
                 visual_per_layer.append((live.is_visual & live.valid).sum(1).tolist())
+                tokens_per_layer.append(live.valid.sum(1).tolist())
             cos, sin, rope_position = self._rope_for_layer(cache, layer_idx, live)
             stock_compatible = live.untouched and not cache.meta.pruned[layer_idx]
             cache.record(
@@ -231,6 +233,7 @@ class Trimmer:
             cache.meta.prefills.append(
                 PrefillTrace(
                     visual_per_layer=[list(x) for x in zip(*visual_per_layer)],
+                    tokens_per_layer=[list(x) for x in zip(*tokens_per_layer)],
                     visual_input=visual_per_layer[0],
                     kv_after_prefill=cache.lengths(),
                 )

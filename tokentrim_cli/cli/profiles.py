@@ -1,0 +1,61 @@
+"""`tokentrim profiles list|show|validate`: the trimming profiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import ProfileError
+from . import app, err, out, reports_errors
+
+profiles_app = typer.Typer(
+    no_args_is_help=True,
+    help=(
+        "List, show and validate trimming profiles (TOML files).\n\n"
+        "Examples:\n\n"
+        "  tokentrim profiles list\n\n"
+        "  tokentrim profiles show fastv\n\n"
+        "  tokentrim profiles validate my-profile.toml"
+    ),
+)
+app.add_typer(profiles_app, name="profiles")
+
+
+@profiles_app.command("list", help="List the profiles reachable by name (./profiles, $TOKENTRIM_PROFILE_DIR, built-in).")
+@reports_errors
+def list_profiles() -> None:
+    from .. import profiles, render
+
+    loaded = [profiles.load_profile(name) for name in profiles.available_profiles()]
+    out.print(render.profiles_table(loaded))
+
+
+@profiles_app.command("show", help="Print a profile's TOML and where it was found.")
+@reports_errors
+def show(name: Annotated[str, typer.Argument(help="Profile name or TOML path.")]) -> None:
+    from .. import profiles
+
+    source, text = profiles.find_profile(name)
+    profiles.parse_profile(text, source=source)  # refuse to show an invalid profile as if it were fine
+    err.print(f"# {source}", markup=False)
+    out.file.write(text if text.endswith("\n") else text + "\n")
+
+
+@profiles_app.command("validate", help="Check profile files strictly; exit 3 if any is invalid.")
+@reports_errors
+def validate(paths: Annotated[list[Path], typer.Argument(help="TOML files (or profile names).")]) -> None:
+    from .. import profiles
+
+    failures = 0
+    for path in paths:
+        try:
+            profile = profiles.load_profile(str(path))
+        except ProfileError as e:
+            failures += 1
+            err.print(f"invalid: {e}", markup=False)
+            continue
+        out.print(f"ok: {profile.source} ({profile.method})", markup=False)
+    if failures:
+        raise typer.Exit(ProfileError.exit_code)

@@ -1,0 +1,124 @@
+"""Images and prompts: open and validate images loudly, build chat prompts, find visual spans."""
+
+from __future__ import annotations
+
+import io
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+URL_TIMEOUT_S = 20.0
+MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+MAX_IMAGE_PIXELS = 64_000_000  # beyond this a file is treated as a decompression bomb
+
+
+@dataclass
+class LoadedImage:
+    source: str  # the path or URL as given
+    image: object  # PIL.Image.Image, RGB, EXIF orientation applied
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def check_image_paths(sources: list[str]) -> list[str]:
+    """Names of local image paths that do not exist (a usage error, caught before any model loads)."""
+    return [s for s in sources if not is_url(s) and not Path(s).is_file()]
+
+
+def load_image(source: str) -> LoadedImage:
+    """Open an image fully (truncation surfaces now), apply EXIF orientation, convert to RGB."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    data = _fetch(source) if is_url(source) else _read(source)
+    if not data:
+        raise InputError(f"{source}: empty file (0 bytes)")
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:
+                opened.load()
+                image = ImageOps.exif_transpose(opened).convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"{source}: refused as a decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{source}: not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{source}: corrupt or truncated image ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    return LoadedImage(source=source, image=image)
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _fetch(url: str) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": "tokentrim"})
+    try:
+        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
+            data = response.read(MAX_DOWNLOAD_BYTES + 1)
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise InputError(f"{url}: cannot download ({reason})") from None
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        raise InputError(f"{url}: larger than the {MAX_DOWNLOAD_BYTES // (1024 * 1024)} MiB download cap")
+    return data
+
+
+def chat_messages(prompt: str, *, n_images: int, system: str | None = None) -> list[dict]:
+    """Chat-template messages: the images first, then the text, as llava-hf's templates expect."""
+    messages = []
+    if system:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def build_prompt(processor, messages: list[dict]) -> str:
+    """The prompt text, from the processor's chat template when the checkpoint has one."""
+    if getattr(processor, "chat_template", None):
+        return processor.apply_chat_template(messages, add_generation_prompt=True)
+    # LLaVA-1.5's conversation format for checkpoints without a template.
+    parts = []
+    for message in messages:
+        images = "".join("<image>\n" for part in message["content"] if part["type"] == "image")
+        text = "".join(part["text"] for part in message["content"] if part["type"] == "text")
+        if message["role"] == "system":
+            parts.append(text)
+        else:
+            parts.append(f"{message['role'].upper()}: {images}{text}")
+    return " ".join(parts) + " ASSISTANT:"
+
+
+def visual_spans(input_ids, image_token_id: int) -> list[list[tuple[int, int]]]:
+    """Per sample, the [start, end) runs of image tokens in `input_ids` (B, T)."""
+    spans = []
+    for row in input_ids.tolist():
+        runs, start = [], None
+        for t, token in enumerate(row + [None]):
+            if token == image_token_id and start is None:
+                start = t
+            elif token != image_token_id and start is not None:
+                runs.append((start, t))
+                start = None
+        spans.append(runs)
+    return spans

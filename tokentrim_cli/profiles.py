@@ -1,0 +1,203 @@
+"""Trimming profiles: TOML files that name a method, its parameters and a position policy (cli.md).
+
+Lookup order for a name: an explicit path, then `./profiles/NAME.toml`, then `$TOKENTRIM_PROFILE_DIR`,
+then the profiles shipped with the package. Validation is strict: an unknown key is an error that
+names the file, the key and the closest valid key; an out-of-range value names the range.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ProfileError
+from .methods import METHODS, get_method
+from .methods.base import Method, MethodConfig, ParamError
+
+SCHEMA_VERSION = 1
+TOP_LEVEL_KEYS = (
+    "schema_version", "name", "description", "method", "position_policy", "params", "applies_to", "calibration",
+)  # fmt: skip
+APPLIES_TO_KEYS = ("models", "architectures", "revision")
+CALIBRATION_KEYS = (
+    "dataset", "dataset_hash", "samples", "metric", "threshold", "curve", "date", "tool_version",
+    "model_id", "model_revision", "chosen", "kl_budget",
+)  # fmt: skip
+POSITION_POLICIES = ("keep", "compact")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    method: str
+    params: MethodConfig
+    position_policy: str = "keep"
+    applies_to: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    source: str = "<memory>"
+    sha256: str = ""
+
+    def build_method(self) -> Method:
+        return get_method(self.method)(self.params)
+
+
+def _closest(key: str, allowed) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_keys(where: str, table: dict, allowed) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ProfileError(f"{where}: unknown key '{key}'{_closest(key, allowed)}; allowed: {', '.join(allowed)}")
+
+
+def parse_profile(text: str, *, source: str) -> Profile:
+    """Parse and validate one profile's TOML text. `source` names the file in every error."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"{source}: not valid TOML: {e}") from None
+    _check_keys(source, data, TOP_LEVEL_KEYS)
+    for key in ("schema_version", "name", "method"):
+        if key not in data:
+            raise ProfileError(f"{source}: missing required key '{key}'")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ProfileError(
+            f"{source}: schema_version {data['schema_version']!r} is not supported (this tokentrim reads {SCHEMA_VERSION})"
+        )
+    for key in ("name", "description", "method", "position_policy"):
+        if key in data and not isinstance(data[key], str):
+            raise ProfileError(f"{source}: '{key}' must be a string, got {data[key]!r}")
+    if data["method"] not in METHODS:
+        raise ProfileError(
+            f"{source}: unknown method '{data['method']}'{_closest(data['method'], METHODS)}; known: {', '.join(sorted(METHODS))}"
+        )
+    policy = data.get("position_policy", "keep")
+    if policy not in POSITION_POLICIES:
+        raise ProfileError(f"{source}: position_policy must be one of {', '.join(POSITION_POLICIES)}, got {policy!r}")
+    for table, allowed in (("params", None), ("applies_to", APPLIES_TO_KEYS), ("calibration", CALIBRATION_KEYS)):
+        if table in data and not isinstance(data[table], dict):
+            raise ProfileError(f"{source}: [{table}] must be a table")
+        if allowed is not None and table in data:
+            _check_keys(f"{source}: [{table}]", data[table], allowed)
+    config_cls = get_method(data["method"]).config_cls
+    try:
+        params = config_cls.from_dict(data.get("params", {}))
+    except ParamError as e:
+        raise ProfileError(f"{source}: [params] {e}") from None
+    return Profile(
+        name=data["name"],
+        description=data.get("description", ""),
+        method=data["method"],
+        params=params,
+        position_policy=policy,
+        applies_to=data.get("applies_to", {}),
+        calibration=data.get("calibration", {}),
+        source=source,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+    )
+
+
+def _builtin_dir():
+    return resources.files("tokentrim_cli") / "profiles"
+
+
+def _search_dirs() -> list[tuple[str, Any]]:
+    dirs: list[tuple[str, Any]] = [("./profiles", Path("profiles"))]
+    if env := os.environ.get("TOKENTRIM_PROFILE_DIR"):
+        dirs.append((env, Path(env)))
+    dirs.append(("built-in", _builtin_dir()))
+    return dirs
+
+
+def find_profile(name_or_path: str) -> tuple[str, str]:
+    """(source, text) of a profile, following the lookup order. Raises ProfileError listing known names."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or os.sep in name_or_path:
+        if not path.is_file():
+            raise ProfileError(f"profile file not found: {name_or_path}")
+        return str(path), _read(path)
+    for _, directory in _search_dirs():
+        candidate = directory / f"{name_or_path}.toml"
+        if candidate.is_file():
+            return str(candidate), candidate.read_text(encoding="utf-8")
+    known = ", ".join(sorted(available_profiles()))
+    raise ProfileError(f"unknown profile '{name_or_path}'{_closest(name_or_path, available_profiles())}; known: {known}")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProfileError(f"{path}: cannot read: {e}") from None
+
+
+def load_profile(name_or_path: str) -> Profile:
+    source, text = find_profile(name_or_path)
+    return parse_profile(text, source=source)
+
+
+def available_profiles() -> dict[str, str]:
+    """name -> source of every profile reachable by name (earlier directories win)."""
+    found: dict[str, str] = {}
+    for label, directory in _search_dirs():
+        if not directory.is_dir():
+            continue
+        for entry in sorted(directory.iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".toml"):
+                found.setdefault(entry.name.removesuffix(".toml"), f"{label}/{entry.name}")
+    return found
+
+
+def check_fits(profile: Profile, *, model_id: str, model_type: str, num_layers: int) -> None:
+    """Raise ProfileError if the profile's parameters cannot apply to this model."""
+    try:
+        profile.params.check_model(num_layers)
+    except ParamError as e:
+        hint = None
+        if profile.applies_to.get("models"):
+            hint = f"this profile was written for {', '.join(profile.applies_to['models'])}"
+        raise ProfileError(f"{profile.source}: [params] {e} ('{model_id}' has {num_layers} layers)", hint=hint) from None
+    architectures = profile.applies_to.get("architectures")
+    if architectures and model_type not in architectures:
+        raise ProfileError(f"{profile.source}: applies to {', '.join(architectures)}, not to a '{model_type}' model")
+
+
+def dump_profile(profile: Profile) -> str:
+    """TOML text for a profile (used by `calibrate`); parse_profile(dump_profile(p)) == p."""
+    lines = [
+        f"schema_version = {SCHEMA_VERSION}",
+        f"name = {_toml(profile.name)}",
+        f"description = {_toml(profile.description)}",
+        f"method = {_toml(profile.method)}",
+        f"position_policy = {_toml(profile.position_policy)}",
+        "",
+        "[params]",
+        *(f"{k} = {_toml(v)}" for k, v in profile.params.to_dict().items()),
+    ]
+    for table in ("applies_to", "calibration"):
+        values = getattr(profile, table)
+        if values:
+            lines += ["", f"[{table}]", *(f"{k} = {_toml(v)}" for k, v in values.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
