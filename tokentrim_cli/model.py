@@ -309,7 +309,7 @@ def _quantization_config(quantize: str, dtype):
     from transformers import BitsAndBytesConfig
 
     # The vision tower and projector are small and precision-sensitive; only the decoder is quantized.
-    skip = ["vision_tower", "multi_modal_projector", "lm_head"]
+    skip = [r".*vision_tower", r".*multi_modal_projector", "lm_head"]  # regexes, matched from the start
     if quantize == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(
@@ -367,6 +367,21 @@ def _quantize_random(model, quantize: str, device: str, dtype, attn: str):
             quantization_config=_quantization_config(quantize, dtype),
             device_map={"": device},
         )
+
+
+def quiet_libraries() -> None:
+    """Silence transformers' progress bars and info logs, and a benign bitsandbytes warning.
+
+    For command-line use, where stderr belongs to tokentrim's own spinner and summary lines.
+    """
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    # bitsandbytes warns on every 8-bit matmul that fp32 inputs are cast to fp16: expected, not news.
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
 
 
 def shape_table() -> list[tuple[str, str]]:

@@ -17,8 +17,8 @@ from rich.console import Console
 from .. import __version__
 from ..errors import TokentrimError
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 app = typer.Typer(
     name="tokentrim",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import app, out, reports_errors
+from .options import JsonOpt
 
 
 @app.command(
@@ -14,17 +15,16 @@ from . import app, out, reports_errors
     )
 )
 @reports_errors
-def env(as_json: bool = False) -> None:
+def env(as_json: JsonOpt = False) -> None:
     import os
 
     import torch
+    from huggingface_hub import constants
 
     from .. import metrics, model, render
 
     facts = metrics.provenance()
     cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    from huggingface_hub import constants
-
     facts |= {
         "cuda_devices": cuda,
         "hf_cache": constants.HF_HUB_CACHE,

@@ -8,6 +8,7 @@ def load_model(model_id: str | None, *, revision, offline, device, dtype, quanti
     from . import err
 
     model_id = model_id or model_lib.default_model_id()
+    model_lib.quiet_libraries()  # our spinner and summary say what is happening
     show = not quiet
     kwargs = dict(
         revision=revision, offline=offline, device=device, dtype=dtype.value, quantize=quantize.value,
