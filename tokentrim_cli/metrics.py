@@ -92,9 +92,10 @@ def provenance(info=None) -> dict:
         except md.PackageNotFoundError:
             return None
 
-    device = "cpu"
     if info is not None and info.device.startswith("cuda"):
-        device = torch.cuda.get_device_name(info.device)
+        device_name = torch.cuda.get_device_name(info.device)
+    else:
+        device_name = f"CPU: {_cpu_model()}, {torch.get_num_threads()} threads"
     out = {
         "tool_version": version("tokentrim-cli"),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -103,8 +104,19 @@ def provenance(info=None) -> dict:
         "torch": torch.__version__,
         "transformers": version("transformers"),
         "bitsandbytes": version("bitsandbytes"),
-        "device_name": device if device != "cpu" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device_name": device_name,
     }
     if info is not None:
         out["model"] = info.to_dict()
     return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -376,10 +376,12 @@ def quiet_libraries() -> None:
     """
     import warnings
 
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()  # its retry chatter; the final error is ours to report
     # bitsandbytes warns on every 8-bit matmul that fp32 inputs are cast to fp16: expected, not news.
     warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
 

@@ -1,0 +1,190 @@
+"""Prefill time and KV bytes: stock transformers vs the baseline profile, VTW and FastV.
+
+A benchmark, not a test. One run measures every configuration interleaved (A B C D, A B C D, ...)
+after warm-ups, and prints the FLOPs-implied prefill ratio beside the measured one. Results, raw
+samples and provenance go to a JSON file.
+
+    python benchmarks/prefill_bench.py                       # random:cpu-576, fp32, CPU
+    python benchmarks/prefill_bench.py --model random:llava-1.5-7b --device cuda --dtype float16 \
+        --output benchmarks/results/prefill-gpu.json
+
+"Decoder prefill" is one forward of the language model over the whole prompt (image features
+computed once beforehand and passed in), with a KV cache and last-position logits, as generate()
+does: the part trimming changes, and the part the FLOPs formula counts. "Full prefill" adds the
+vision tower and projector, which every configuration runs alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tokentrim_cli.decoder import Trimmer  # noqa: E402
+from tokentrim_cli.generation import prepare_inputs  # noqa: E402
+from tokentrim_cli.inputs import LoadedImage  # noqa: E402
+from tokentrim_cli.methods import FastV, NoTrimming, VTW  # noqa: E402
+from tokentrim_cli.methods.fastv import FastVConfig  # noqa: E402
+from tokentrim_cli.methods.vtw import VTWConfig  # noqa: E402
+from tokentrim_cli.metrics import FLOPS_FORMULA, Stats, Timer, prefill_flops, provenance  # noqa: E402
+from tokentrim_cli.model import load_llava  # noqa: E402
+
+PROMPT = "Describe this picture in detail: the objects, their colours and where they are."
+
+
+def configurations(num_layers: int) -> dict:
+    """name -> trimming method (None = stock transformers, no engine installed)."""
+    # VTW's reference K is 16 of LLaVA-1.5-7B's 32 layers; keep the same share on other depths.
+    vtw_layer = max(1, round(num_layers * 16 / 32))
+    return {
+        "stock": None,
+        "baseline": NoTrimming(NoTrimming.Config()),
+        f"vtw(K={vtw_layer})": VTW(VTWConfig(layer=vtw_layer)),
+        "fastv(K=2,R=0.5)": FastV(FastVConfig(layer=2, drop_ratio=0.5)),
+        "fastv(K=2,R=0.75)": FastV(FastVConfig(layer=2, drop_ratio=0.75)),
+    }
+
+
+def decoder_prefill(model, inputs, image_features, method, timer):
+    """One timed decoder prefill; returns (seconds, cache)."""
+    kwargs = dict(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        mm_encoder_outputs={"image": image_features},
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    with torch.inference_mode():
+        if method is None:
+            with timer:
+                out = model(**kwargs)
+            return timer.seconds, out.past_key_values
+        with Trimmer(model, method) as trimmer, timer:
+            model(**kwargs)
+        return timer.seconds, trimmer.last_cache
+
+
+def full_prefill(model, inputs, method, timer) -> float:
+    with torch.inference_mode():
+        if method is None:
+            with timer:
+                model(**inputs, use_cache=True, logits_to_keep=1)
+        else:
+            with Trimmer(model, method), timer:
+                model(**inputs, use_cache=True, logits_to_keep=1)
+    return timer.seconds
+
+
+def stored_lengths(cache) -> list[int]:
+    return [layer.keys.shape[2] for layer in cache.layers]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="random:cpu-576")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default="benchmarks/results/prefill-cpu.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    loaded = load_llava(args.model, device=args.device, dtype=args.dtype)
+    model, info = loaded.model, loaded.info
+    size = model.config.vision_config.image_size
+    image = LoadedImage("synthetic.png", Image.effect_noise((size, size), 60).convert("RGB"))
+    inputs = prepare_inputs(loaded, [image], PROMPT)
+    with torch.inference_mode():
+        image_features = model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True)
+    configs = configurations(info.num_layers)
+    timer = Timer(info.device)
+    decoder_s = {name: [] for name in configs}
+    full_s = {name: [] for name in configs}
+    caches = {}
+    for run in range(args.warmup + args.runs):
+        for name, method in configs.items():  # interleaved, so drift hits every configuration alike
+            seconds, cache = decoder_prefill(model, inputs, image_features, method, timer)
+            full = full_prefill(model, inputs, method, timer)
+            if run >= args.warmup:
+                decoder_s[name].append(seconds)
+                full_s[name].append(full)
+            caches[name] = cache
+        print(f"run {run + 1}/{args.warmup + args.runs}{' (warm-up)' if run < args.warmup else ''}", file=sys.stderr)
+
+    text = model.config.text_config
+    head_dim = text.hidden_size // text.num_attention_heads
+    flops = {}
+    for name, cache in caches.items():
+        tokens = cache.meta.prefills[-1].tokens_per_layer[0] if name != "stock" else stored_lengths(cache)
+        flops[name] = prefill_flops(tokens, hidden=text.hidden_size, intermediate=text.intermediate_size)
+    results = []
+    base = Stats.of(decoder_s["baseline"]).median
+    for name in configs:
+        stats, full = Stats.of(decoder_s[name]), Stats.of(full_s[name])
+        cache = caches[name]
+        lengths = stored_lengths(cache)
+        kv = sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
+        results.append(
+            {
+                "config": name,
+                "decoder_prefill_s": stats.__dict__,
+                "full_prefill_s": full.__dict__,
+                "measured_ratio_vs_baseline": stats.median / base,
+                "flops_implied_ratio_vs_baseline": flops[name] / flops["baseline"],
+                "decoder_prefill_flops": flops[name],
+                "kv_entries_per_layer": lengths,
+                "kv_bytes": kv,
+                "raw_decoder_prefill_s": decoder_s[name],
+                "raw_full_prefill_s": full_s[name],
+            }
+        )
+    stock = next(r for r in results if r["config"] == "stock")
+    baseline = next(r for r in results if r["config"] == "baseline")
+    overhead = baseline["decoder_prefill_s"]["median"] / stock["decoder_prefill_s"]["median"] - 1
+    document = {
+        "benchmark": "prefill_bench",
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "model": args.model,
+        "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "visual_tokens": int((inputs["input_ids"] == model.config.image_token_id).sum()),
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "flops_formula": FLOPS_FORMULA,
+        "baseline_overhead_vs_stock": overhead,
+        "provenance": provenance(info),
+        "results": results,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.output).with_suffix(".tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    tmp.replace(args.output)
+    print_table(document)
+
+
+def print_table(document: dict) -> None:
+    print(f"{document['model']} on {document['provenance']['device_name']}, {document['prompt_tokens']} prompt tokens "
+          f"({document['visual_tokens']} visual), median of {document['runs']} runs")  # fmt: skip
+    print(f"{'config':20} {'decoder prefill':>16} {'p10-p90':>15} {'measured':>9} {'FLOPs-implied':>14} {'gap':>7} {'KV MiB':>8}")
+    for r in document["results"]:
+        s = r["decoder_prefill_s"]
+        gap = r["measured_ratio_vs_baseline"] / r["flops_implied_ratio_vs_baseline"] - 1
+        print(
+            f"{r['config']:20} {s['median'] * 1e3:13.1f} ms {s['p10'] * 1e3:6.1f}-{s['p90'] * 1e3:6.1f} ms "
+            f"{r['measured_ratio_vs_baseline']:9.3f} {r['flops_implied_ratio_vs_baseline']:14.3f} {gap:+7.1%} "
+            f"{r['kv_bytes'] / 2**20:8.1f}"
+        )
+    print(f"baseline profile vs stock transformers: {document['baseline_overhead_vs_stock']:+.1%}")
+
+
+if __name__ == "__main__":
+    main()
