@@ -33,6 +33,7 @@ class MaskedReference:
         self.mask2d: torch.Tensor | None = None
         self.q_start = 0
         self.forward_index = 0
+        self.last_position: dict[int, torch.Tensor] = {}
 
     def _hook(self, layer_idx):
         def hook(module, args, kwargs):
@@ -47,19 +48,38 @@ class MaskedReference:
             dtype = hidden_states.dtype
             mask = torch.zeros(batch, 1, q, kv, dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
             kwargs["attention_mask"] = mask
-            counted = visible if self.compact else self.mask2d[:, :kv]
-            positions = positions_from_mask(counted)[:, self.q_start : kv]
+            if self.q_start == 0:  # prefill: compact counts only the keys this layer can see
+                counted = visible if self.compact else self.mask2d[:, :kv]
+                positions = positions_from_mask(counted)[:, :kv]
+            else:  # later tokens follow the layer's last position; evictions never renumber keys
+                positions = self.last_position[layer_idx][:, None] + torch.arange(1, q + 1)
+            self.last_position[layer_idx] = positions[:, -1]
             kwargs["position_embeddings"] = self.lm.rotary_emb(hidden_states, positions)
             return args, kwargs
 
         return hook
 
+    def _install(self):
+        return [layer.register_forward_pre_hook(self._hook(i), with_kwargs=True) for i, layer in enumerate(self.lm.layers)]
+
+    @torch.no_grad()
+    def attentions(self, inputs: dict) -> tuple[torch.Tensor, ...]:
+        """Per-layer (B, H, T, T) eager attention of the prompt, with the hidden keys applied."""
+        previous = self.model.config._attn_implementation
+        self.model.set_attn_implementation("eager")
+        handles = self._install()
+        try:
+            self.mask2d, self.q_start, self.forward_index = inputs["attention_mask"].bool(), 0, 0
+            return self.model(**inputs, output_attentions=True).attentions
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.model.set_attn_implementation(previous)
+
     @torch.no_grad()
     def step_logits(self, inputs: dict, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Last-position logits after the prompt, then after each teacher-forced token of `tokens` (B, S)."""
-        handles = [
-            layer.register_forward_pre_hook(self._hook(i), with_kwargs=True) for i, layer in enumerate(self.lm.layers)
-        ]
+        handles = self._install()
         try:
             cache = DynamicCache(config=self.lm.config)
             self.mask2d = inputs["attention_mask"].bool()

@@ -104,11 +104,13 @@ class EvictLeastAttendedVisual(Method):
         self.step = {}
         self.evicted = []  # (decode step, layer, sample, token_index)
 
-    def decode_score_request(self, layer):
-        return layer >= 1
+    def decode_score_request(self, state):
+        return state.layer >= 1
 
     def on_decode_layer(self, state):
         step = self.step[state.layer] = self.step.get(state.layer, 0) + 1
+        assert step == state.decode_step
+        torch.testing.assert_close(state.attention_sum[:, -1], state.attention[:, 0, -1])  # the new entry
         keep = []
         for b in range(state.batch_size):
             candidates = (state.is_visual[b] & state.valid[b]).nonzero().squeeze(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -9,6 +11,8 @@ from tokentrim_cli.errors import ProfileError
 from tokentrim_cli.methods import METHODS, get_method
 from tokentrim_cli.methods.base import ParamError, keep_top, round_half_up
 from tokentrim_cli.methods.fastv import FastVConfig, fastv_keep
+from tokentrim_cli.methods.mustdrop import MustDropConfig
+from tokentrim_cli.methods.st3 import ST3Config
 from tokentrim_cli.methods.vtw import VTWConfig
 
 
@@ -23,12 +27,29 @@ def test_config_round_trip_and_neutral(name):
 @pytest.mark.parametrize("name", sorted(m for m in METHODS if m != "none"))
 def test_unknown_key_names_the_closest(name):
     config_cls = METHODS[name].config_cls
-    with pytest.raises(ParamError, match="unknown key 'layr' \\(did you mean 'layer'\\?\\)"):
-        config_cls.from_dict({"layr": 3})
+    field = dataclasses.fields(config_cls)[0].name
+    typo = field[:-1]
+    with pytest.raises(ParamError, match=f"unknown key '{typo}' \\(did you mean '{field}'\\?\\)"):
+        config_cls.from_dict({typo: 3})
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_neutral_fits_small_models(name):
+    METHODS[name].config_cls.neutral(4).check_model(4)
+
+
+def test_list_and_literal_params():
+    assert MustDropConfig.from_dict({"filter_layers": [1, 3]}).filter_layers == (1, 3)
+    with pytest.raises(ParamError, match="'filter_layers' must be a list of int, got"):
+        MustDropConfig.from_dict({"filter_layers": [1, "3"]})
+    with pytest.raises(ParamError, match="'decay' must be one of 'none', 'linear', 'cosine', 'exponential', got 'cubic'"):
+        ST3Config.from_dict({"decay": "cubic"})
+    with pytest.raises(ParamError, match="'filter_layers' must be ascending"):
+        MustDropConfig(filter_layers=(6, 2))
 
 
 def test_get_method_lists_known_methods():
-    with pytest.raises(ProfileError, match="unknown method 'fastvv'; known: fastv, none, vtw"):
+    with pytest.raises(ProfileError, match="unknown method 'fastvv'; known: fastv, mustdrop, none, st3, vtw"):
         get_method("fastvv")
 
 

@@ -7,7 +7,8 @@ Every cached entry carries, per layer and per sample:
 - `valid`: False for left padding and for the filler entries that make per-sample keep sets the
   same length in a batch;
 - `is_visual`: whether it is an image token;
-- `protected`: whether a vision stage marked it as never to be dropped (MustDrop's key set).
+- `protected`: whether a vision stage marked it as never to be dropped (MustDrop's key set);
+- `attention_sum`: the attention it received from the decode queries that scored its layer.
 
 `get_seq_length()` returns the number of tokens *seen* (the logical length), not the stored length of
 layer 0, so `generate()` slices its inputs right even when every layer was pruned (engine.md §4).
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import DynamicCache
 
-_META = ("token_index", "rope_position", "valid", "is_visual", "protected")
+_META = ("token_index", "rope_position", "valid", "is_visual", "protected", "attention_sum")
 
 
 @dataclass
@@ -34,6 +35,11 @@ class PrefillTrace:
     visual_input: list[int]  # [sample]: visual tokens entering the language model (input budget)
     kv_after_prefill: list[int]  # [layer]: stored entries per layer once the prefill ended
 
+    @property
+    def layer_averaged(self) -> list[float]:
+        """[sample]: visual tokens averaged over layers (layer-averaged budget, methods.md §0.2)."""
+        return [sum(row) / len(row) for row in self.visual_per_layer]
+
 
 @dataclass
 class CacheMeta:
@@ -42,8 +48,10 @@ class CacheMeta:
     valid: list[Tensor | None]
     is_visual: list[Tensor | None]
     protected: list[Tensor | None]
+    attention_sum: list[Tensor | None]
     pruned: list[bool]
     method_state: dict = field(default_factory=dict)
+    decode_steps: int = 0  # decode forwards since the last prefill
     prefills: list[PrefillTrace] = field(default_factory=list)
 
 
@@ -60,6 +68,7 @@ class PrunableCache(DynamicCache):
             valid=[None] * num_layers,
             is_visual=[None] * num_layers,
             protected=[None] * num_layers,
+            attention_sum=[None] * num_layers,
             pruned=[False] * num_layers,
         )
 

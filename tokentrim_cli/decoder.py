@@ -191,7 +191,7 @@ class Trimmer:
         tokens_per_layer: list[list[int]] = []
         for layer_idx, layer in enumerate(lm.layers):
             if not decoding:
-                self._apply(live, self.method.before_layer(self._state(layer_idx, live)))
+                self._apply(live, self.method.before_layer(self._state(layer_idx, live, cache)))
                 visual_per_layer.append((live.is_visual & live.valid).sum(1).tolist())
                 tokens_per_layer.append(live.valid.sum(1).tolist())
             cos, sin, rope_position = self._rope_for_layer(cache, layer_idx, live)
@@ -203,6 +203,7 @@ class Trimmer:
                 valid=live.valid,
                 is_visual=live.is_visual,
                 protected=live.protected,
+                attention_sum=torch.zeros(live.valid.shape, dtype=torch.float32, device=live.valid.device),
             )
             # Once a layer stores anything but the full sequence, only rebuilt masks are right for it.
             cache.meta.pruned[layer_idx] = not stock_compatible
@@ -221,14 +222,17 @@ class Trimmer:
             if decoding:
                 self._decode_step(cache, layer_idx, layer, live, hidden_in, cos, sin)
                 continue
-            state = self._state(layer_idx, live)
+            state = self._state(layer_idx, live, cache)
             if query is not None:
                 scores, state.query_valid = self._score(query, state, layer, cache, layer_idx, hidden_in, cos, sin)
                 state.attention = scores[..., -live.token_index.shape[1] :]  # the live tokens are the newest
             self._apply(live, self.method.after_layer(state))
 
         cache.seen_tokens = past + chunk
-        if not decoding:
+        if decoding:
+            cache.meta.decode_steps += 1
+        else:
+            cache.meta.decode_steps = 0
             self._prefill_end(cache)
             cache.meta.prefills.append(
                 PrefillTrace(
@@ -277,11 +281,13 @@ class Trimmer:
         return [(~row).nonzero().squeeze(1) for row in dropped]
 
     def _decode_step(self, cache, layer_idx, layer, live, hidden_in, cos, sin) -> None:
-        if not self.method.decode_score_request(layer_idx):
+        state = self._cache_state(cache, layer_idx, decode_step=cache.meta.decode_steps + 1)
+        if not self.method.decode_score_request(state):
             return
-        state = self._cache_state(cache, layer_idx)
-        scores, _ = self._score(QuerySpec.LAST_TOKEN, self._state(layer_idx, live), layer, cache, layer_idx, hidden_in, cos, sin)
+        scores, _ = self._score(QuerySpec.LAST_TOKEN, self._state(layer_idx, live, cache), layer, cache, layer_idx, hidden_in, cos, sin)
         state.attention = scores  # (B, 1, T): the new token over this layer's whole cache
+        cache.meta.attention_sum[layer_idx] = cache.meta.attention_sum[layer_idx] + scores[:, 0]
+        state.attention_sum = cache.meta.attention_sum[layer_idx]
         keep = self.method.on_decode_layer(state)
         if keep is not None:  # hidden from the next step on
             cache.keep_entries(layer_idx, *pad_keep([k.to(live.hidden.device) for k in keep]))
@@ -291,7 +297,7 @@ class Trimmer:
         for layer, keep in (self.method.on_prefill_end(views) or {}).items():
             cache.keep_entries(layer, *pad_keep(keep))
 
-    def _cache_state(self, cache: PrunableCache, layer: int) -> LayerState:
+    def _cache_state(self, cache: PrunableCache, layer: int, *, decode_step: int = 0) -> LayerState:
         meta = cache.meta
         return LayerState(
             layer=layer,
@@ -300,6 +306,9 @@ class Trimmer:
             valid=meta.valid[layer],
             is_visual=meta.is_visual[layer],
             protected=meta.protected[layer],
+            memory=meta.method_state,
+            decode_step=decode_step,
+            attention_sum=meta.attention_sum[layer],
         )
 
     # ---- pieces of the forward -------------------------------------------------------------------
@@ -349,7 +358,7 @@ class Trimmer:
         ids = torch.tensor(self._visual_ids, device=input_ids.device)
         return torch.isin(input_ids, ids).to(device)
 
-    def _state(self, layer_idx: int, live: _Live) -> LayerState:
+    def _state(self, layer_idx: int, live: _Live, cache: PrunableCache) -> LayerState:
         return LayerState(
             layer=layer_idx,
             num_layers=self.num_layers,
@@ -357,6 +366,7 @@ class Trimmer:
             valid=live.valid,
             is_visual=live.is_visual,
             protected=live.protected,
+            memory=cache.meta.method_state,
         )
 
     def _apply(self, live: _Live, keep: list[Tensor] | None) -> None:

@@ -54,12 +54,13 @@ def to_json(document: dict) -> str:
 
 
 def profiles_table(profiles: list) -> Table:
-    table = Table(title="Trimming profiles")
-    for column in ("name", "method", "params", "positions", "source"):
-        table.add_column(column)
+    table = Table(title="Trimming profiles (parameters: tokentrim profiles show NAME)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("method", no_wrap=True)
+    table.add_column("description")
+    table.add_column("source", overflow="fold")
     for profile in profiles:
-        params = ", ".join(f"{k}={v}" for k, v in profile.params.to_dict().items()) or "-"
-        table.add_row(profile.name, profile.method, params, profile.position_policy, profile.source)
+        table.add_row(profile.name, profile.method, profile.description, profile.source)
     return table
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from ..errors import ProfileError
 from .base import Method, NoTrimming
 from .fastv import FastV
+from .mustdrop import MustDrop
+from .st3 import ST3
 from .vtw import VTW
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (NoTrimming, FastV, VTW)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (NoTrimming, FastV, MustDrop, ST3, VTW)}
 
 
 def get_method(name: str) -> type[Method]:

@@ -25,7 +25,7 @@ import dataclasses
 import difflib
 import enum
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -55,10 +55,10 @@ class MethodConfig:
                 suggestion = f" (did you mean '{close[0]}'?)" if close else ""
                 raise ParamError(key, f"unknown key '{key}'{suggestion}; allowed: {', '.join(sorted(allowed))}")
             _check_type(key, value, hints[key])
-        return cls(**{k: float(v) if hints[k] is float else v for k, v in data.items()})
+        return cls(**{k: _convert(v, hints[k]) for k, v in data.items()})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def neutral(cls, num_layers: int) -> MethodConfig:
@@ -69,14 +69,27 @@ class MethodConfig:
         """Raise ParamError if these parameters do not fit a decoder with `num_layers` layers."""
 
 
+def _convert(value: Any, expected: Any) -> Any:
+    if expected is float:
+        return float(value)
+    if typing.get_origin(expected) is tuple:
+        return tuple(value)
+    return value
+
+
 def _check_type(key: str, value: Any, expected: Any) -> None:
+    origin = typing.get_origin(expected)
+    if origin is tuple:  # tuple[int, ...]: a TOML array of integers
+        (item, _) = typing.get_args(expected)
+        if isinstance(value, (list, tuple)) and all(type(v) is item for v in value):
+            return
+        raise ParamError(key, f"'{key}' must be a list of {item.__name__}, got {value!r}")
     if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return
     if expected is int and isinstance(value, int) and not isinstance(value, bool):
         return
     if expected in (str, bool) and type(value) is expected:
         return
-    origin = typing.get_origin(expected)
     if origin is typing.Literal and value in typing.get_args(expected):
         return
     if origin is typing.Literal:
@@ -115,6 +128,9 @@ class LayerState:
     valid: Tensor  # False for padding and for filler entries
     is_visual: Tensor
     protected: Tensor  # tokens an earlier stage marked as never to be dropped (MustDrop's key set)
+    memory: dict = field(default_factory=dict)  # per-conversation scratch space for the method
+    decode_step: int = 0  # decode forwards since the last prefill (1 = the first generated token's)
+    attention_sum: Tensor | None = None  # (B, N) decode: attention each cached entry received so far
     # (B, R, N) fp32 head-mean attention from the requested query rows to the live tokens, when the
     # method asked for it with score_request(layer); rows that are padding are all zero.
     attention: Tensor | None = None
@@ -171,8 +187,11 @@ class Method:
         """Rewrite caches once prefill is done: {layer: keep indices into that layer's entries}."""
         return None
 
-    def decode_score_request(self, layer: int) -> bool:
-        """Whether to score the new token's query against `layer`'s cache at each decode step."""
+    def decode_score_request(self, state: LayerState) -> bool:
+        """Whether to score the new token's query against this layer's cache at this decode step.
+
+        `state` describes the layer's cache entries (the new token's included), without attention.
+        """
         return False
 
     def on_decode_layer(self, state: LayerState) -> list[Tensor] | None:

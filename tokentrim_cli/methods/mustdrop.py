@@ -1,0 +1,268 @@
+"""MustDrop (Liu et al., arXiv 2411.10803; methods.md §3): three stages over a visual token's life.
+
+1. Vision encoder: after vision layer 0, each 3x3 window of patches whose mean pairwise cosine
+   similarity is >= 0.8 is merged into its last token (size-weighted average); the remaining vision
+   layers run on fewer tokens. The key set is the top 8% of the post-merge patches by the CLS token's
+   attention (head mean) in the layer that reads the features; later stages never drop it.
+2. Prefill: after layers 2, 6, 10 and 14, the text tokens after the image score the visual tokens;
+   a token is dropped only if both its summed attention is below `global_threshold` of the total
+   and its largest attention is below `individual_threshold` (the dual-attention filter).
+3. Decode, the output-aware cache policy: when prefill ends, every layer from the first filter layer
+   on keeps only the visual entries that survived the last filter.
+
+Differences from the reference code, each deliberate:
+- merged tokens stay at their window's raster slot (the reference moves them to the front; CLIP
+  has no position embedding after layer 0, so the features are the same either way);
+- every image merges its own mergeable windows (the reference merges the batch minimum), and
+  per-sample counts in a batch are padded with masked filler entries (never cut to the minimum);
+- decode positions are consistent per layer under both position policies (methods.md §3.2 C);
+- vision towers without a CLS token (SigLIP) take the key set from the mean attention each patch
+  receives from all patches, with a warning: the paper's CLS criterion does not exist there.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import UnsupportedError
+from .base import LayerState, Method, MethodConfig, ParamError, QuerySpec, VisionInputs, VisionOutput, check_range
+
+# The threshold presets of the reference scripts for LLaVA-1.5-7B (methods.md §3.3), by the
+# layer-averaged budget they were tuned to reach.
+THRESHOLD_PRESETS = {192: (0.001, 0.001), 128: (0.0012, 0.001), 64: (0.011, 0.01)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MustDropConfig(MethodConfig):
+    """Neutral: merge_threshold > 1 (no window is that similar), key_fraction=1 (every token is a
+    key token) and both thresholds 0."""
+
+    merge_window: int = 3
+    merge_threshold: float = 0.8
+    merge_after_vision_layer: int = 0
+    key_fraction: float = 0.08
+    filter_layers: tuple[int, ...] = (2, 6, 10, 14)
+    global_threshold: float = 0.001
+    individual_threshold: float = 0.001
+    output_aware_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.merge_window < 2:
+            raise ParamError("merge_window", f"'merge_window' must be >= 2, got {self.merge_window}")
+        if self.merge_after_vision_layer < 0:
+            raise ParamError("merge_after_vision_layer", "'merge_after_vision_layer' must be >= 0")
+        check_range("merge_threshold", self.merge_threshold, -1.0, 2.0)
+        check_range("key_fraction", self.key_fraction, 0.0, 1.0)
+        check_range("global_threshold", self.global_threshold, 0.0, 1.0)
+        check_range("individual_threshold", self.individual_threshold, 0.0, 1.0)
+        if list(self.filter_layers) != sorted(set(self.filter_layers)) or any(l < 0 for l in self.filter_layers):
+            raise ParamError("filter_layers", f"'filter_layers' must be ascending, distinct and >= 0, got {list(self.filter_layers)}")
+
+    @classmethod
+    def neutral(cls, num_layers: int) -> MustDropConfig:
+        layers = tuple(layer for layer in cls().filter_layers if layer < num_layers - 1)
+        return cls(merge_threshold=2.0, key_fraction=1.0, global_threshold=0.0, individual_threshold=0.0, filter_layers=layers)
+
+    def check_model(self, num_layers: int) -> None:
+        if self.filter_layers and self.filter_layers[-1] >= num_layers - 1:
+            raise ParamError(
+                "filter_layers",
+                f"'filter_layers' must lie in [0, {num_layers - 2}] for this model, got {list(self.filter_layers)}",
+            )
+
+
+# ---- pure helpers --------------------------------------------------------------------------------
+
+
+def window_merge(tokens: Tensor, *, side: int, window: int, threshold: float) -> tuple[Tensor, Tensor]:
+    """Merge similar windows of one image's patch grid. tokens: (side*side, D) in raster order.
+
+    Returns (tokens, keep): in every full `window` x `window` tile whose mean pairwise cosine
+    similarity (self-pairs excluded) is >= threshold, the tile's last token (raster order) becomes
+    the size-weighted average of the tile and the others get keep=False.
+    """
+    out, keep = tokens.clone(), torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    tiles = side // window
+    if tiles == 0:
+        return out, keep
+    grid = torch.arange(side * side, device=tokens.device).view(side, side)[: tiles * window, : tiles * window]
+    members = grid.view(tiles, window, tiles, window).permute(0, 2, 1, 3).reshape(tiles * tiles, window * window)
+    unit = torch.nn.functional.normalize(tokens.float()[members], dim=-1)  # (tiles^2, w^2, D)
+    similarity = unit @ unit.transpose(1, 2)  # (tiles^2, w^2, w^2)
+    pairs = window * window * (window * window - 1)
+    mean_similarity = (similarity.sum((1, 2)) - similarity.diagonal(dim1=1, dim2=2).sum(1)) / pairs
+    for tile in (mean_similarity >= threshold).nonzero().squeeze(1).tolist():
+        index = members[tile]
+        out[index[-1]] = tokens[index].mean(0)  # every size is 1 when merging happens once
+        keep[index[:-1]] = False
+    return out, keep
+
+
+def key_set(scores: Tensor, fraction: float) -> Tensor:
+    """Positions of the top ceil(fraction * n) scores, ascending; ties go to the lower position."""
+    n_keep = math.ceil(fraction * scores.numel() - 1e-9)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return order[:n_keep].sort().values
+
+
+def dual_threshold_drop(attention: Tensor, protected: Tensor, *, global_threshold: float, individual_threshold: float) -> Tensor:
+    """Which visual tokens the dual-attention filter drops. attention: (R, n) from R text queries.
+
+    Dropped iff summed attention < global_threshold x the total AND largest attention <
+    individual_threshold, and the token is not protected (the key set).
+    """
+    if attention.shape[0] == 0:
+        return torch.zeros_like(protected)
+    received = attention.sum(0)
+    strongest = attention.max(0).values
+    return (received < global_threshold * received.sum()) & (strongest < individual_threshold) & ~protected
+
+
+# ---- the method ----------------------------------------------------------------------------------
+
+
+class MustDrop(Method):
+    name = "mustdrop"
+    config_cls = MustDropConfig
+    description = "vision-encoder merge + key set, dual-attention filter in prefill, output-aware KV cache"
+
+    def on_vision(self, vision: VisionInputs) -> VisionOutput:
+        tower, config = vision.model.vision_tower, vision.model.config
+        feature_layer = _given_or(vision.kwargs.get("vision_feature_layer"), config.vision_feature_layer)
+        strategy = _given_or(vision.kwargs.get("vision_feature_select_strategy"), config.vision_feature_select_strategy)
+        has_cls = hasattr(tower.embeddings, "class_embedding")
+        if isinstance(feature_layer, (list, tuple)) or (strategy == "default") != has_cls:
+            raise UnsupportedError(
+                f"MustDrop's vision stage needs one feature layer and CLS handling that matches the tower "
+                f"(got feature layer {feature_layer}, strategy '{strategy}')"
+            )
+        if not has_cls:
+            warnings.warn(
+                "this vision tower has no CLS token: MustDrop's key set uses the mean attention each patch "
+                "receives from all patches instead of the CLS attention",
+                stacklevel=2,
+            )
+        layers = tower.encoder.layers
+        feature_index = feature_layer if feature_layer >= 0 else len(layers) + 1 + feature_layer
+        hidden = tower.embeddings(vision.pixel_values.to(tower.dtype))
+        if hasattr(tower, "pre_layrnorm"):
+            hidden = tower.pre_layrnorm(hidden)
+        cls = 1 if has_cls else 0
+        batch, patches = hidden.shape[0], hidden.shape[1] - cls
+        slots = torch.arange(patches, device=hidden.device).expand(batch, -1)  # (B, P) slot of each token
+        alive = torch.ones(batch, hidden.shape[1], dtype=torch.bool, device=hidden.device)
+        for index, layer in enumerate(layers[:feature_index]):
+            hidden = layer(hidden, _padding_mask(alive, hidden.dtype))
+            if index == self.config.merge_after_vision_layer and self.config.merge_threshold <= 1.0:
+                hidden, slots, alive = self._merge(hidden, cls, patches)
+        # The key set comes from the layer that reads the features (layer 23 of 24 for LLaVA-1.5).
+        scoring_layer = layers[min(feature_index, len(layers) - 1)]
+        attention = _received_attention(scoring_layer, hidden, alive, has_cls)[:, cls:]  # (B, T')
+        projected = vision.model.multi_modal_projector(hidden[:, cls:])  # (B, T', D)
+        return self._to_slots(projected, slots, alive[:, cls:], attention, patches)
+
+    def _merge(self, hidden: Tensor, cls: int, patches: int) -> tuple[Tensor, Tensor, Tensor]:
+        side = math.isqrt(patches)
+        rows, slot_rows = [], []
+        for image in hidden:
+            merged, keep = window_merge(image[cls:], side=side, window=self.config.merge_window, threshold=self.config.merge_threshold)
+            rows.append(torch.cat([image[:cls], merged[keep]]))
+            slot_rows.append(keep.nonzero().squeeze(1))
+        longest = max(r.shape[0] for r in rows)
+        packed = hidden.new_zeros(len(rows), longest, hidden.shape[-1])
+        slots = torch.zeros(len(rows), longest - cls, dtype=torch.long, device=hidden.device)
+        alive = torch.zeros(len(rows), longest, dtype=torch.bool, device=hidden.device)
+        for b, (row, slot_row) in enumerate(zip(rows, slot_rows)):
+            packed[b, : row.shape[0]] = row
+            slots[b, : slot_row.numel()] = slot_row
+            alive[b, : row.shape[0]] = True
+        return packed, slots, alive
+
+    def _to_slots(self, projected, slots, alive, attention, patches) -> VisionOutput:
+        features, keep, protected = [], [], []
+        for b in range(projected.shape[0]):
+            real = alive[b].nonzero().squeeze(1)
+            image_slots = slots[b, real]
+            full = projected.new_zeros(patches, projected.shape[-1])
+            full[image_slots] = projected[b, real]
+            kept = torch.zeros(patches, dtype=torch.bool, device=projected.device)
+            kept[image_slots] = True
+            keys = torch.zeros_like(kept)
+            keys[image_slots[key_set(attention[b, real], self.config.key_fraction)]] = True
+            features.append(full)
+            keep.append(kept)
+            protected.append(keys)
+        return VisionOutput(features=features, keep=keep, protected=protected)
+
+    # ---- prefill: the dual-attention filter ------------------------------------------------------
+
+    def score_request(self, layer: int) -> QuerySpec | None:
+        return QuerySpec.TEXT_AFTER_IMAGE if layer in self.config.filter_layers else None
+
+    def after_layer(self, state: LayerState) -> list[Tensor] | None:
+        if state.layer not in self.config.filter_layers:
+            return None
+        keep = []
+        for b in range(state.batch_size):
+            candidates = (state.is_visual[b] & state.valid[b]).nonzero().squeeze(1)
+            rows = state.attention[b][state.query_valid[b]][:, candidates]  # (R, n)
+            drop = dual_threshold_drop(
+                rows, state.protected[b, candidates],
+                global_threshold=self.config.global_threshold, individual_threshold=self.config.individual_threshold,
+            )  # fmt: skip
+            survivors = torch.ones_like(state.valid[b]) & state.valid[b]
+            survivors[candidates[drop]] = False
+            keep.append(survivors.nonzero().squeeze(1))
+        return keep
+
+    # ---- decode: the output-aware cache policy ----------------------------------------------------
+
+    def on_prefill_end(self, layers: list[LayerState]) -> dict[int, list[Tensor]] | None:
+        if not self.config.output_aware_cache or not self.config.filter_layers:
+            return None
+        final = layers[-1]  # the last layer saw only the tokens that survived every filter
+        edits = {}
+        for state in layers[self.config.filter_layers[0] :]:
+            keep = []
+            for b in range(state.batch_size):
+                survivors = final.token_index[b][final.is_visual[b] & final.valid[b]]
+                stale = state.is_visual[b] & ~torch.isin(state.token_index[b], survivors)
+                keep.append((~stale).nonzero().squeeze(1))
+            edits[state.layer] = keep
+        return edits
+
+
+def _given_or(value, default):
+    return default if value is None else value
+
+
+def _padding_mask(alive: Tensor, dtype) -> Tensor | None:
+    """Additive (B, 1, T, T) mask hiding padded tokens after a merge; None when nothing is padded."""
+    if bool(alive.all()):
+        return None
+    blocked = ~alive[:, None, None, :]
+    return torch.zeros(blocked.shape, dtype=dtype, device=alive.device).masked_fill(blocked, torch.finfo(dtype).min)
+
+
+def _received_attention(layer, hidden: Tensor, alive: Tensor, has_cls: bool) -> Tensor:
+    """(B, T) head-mean attention each token receives in `layer`: from the CLS query when there is
+    one, else averaged over all real queries (the no-CLS fallback). fp32."""
+    attention = layer.self_attn
+    normed = layer.layer_norm1(hidden)
+    batch, tokens, _ = normed.shape
+    heads, head_dim = attention.num_heads, attention.head_dim
+    queries = normed[:, :1] if has_cls else normed
+    q = attention.q_proj(queries).view(batch, queries.shape[1], heads, head_dim).transpose(1, 2).float()
+    k = attention.k_proj(normed).view(batch, tokens, heads, head_dim).transpose(1, 2).float()
+    logits = (q @ k.transpose(2, 3)) * attention.scale  # (B, H, Q, T)
+    logits = logits.masked_fill(~alive[:, None, None, :], float("-inf"))
+    probs = torch.softmax(logits, dim=-1).mean(1)  # (B, Q, T)
+    if has_cls:
+        return probs[:, 0]
+    weights = alive.float() / alive.float().sum(1, keepdim=True)
+    return (probs * weights[:, :, None]).sum(1)
