@@ -48,7 +48,7 @@ def test_one_shot_text_streams_answer_and_summarises_on_stderr(red):
     result = invoke("chat", *TINY, "-i", red, "-p", "What colour?", "--max-new-tokens", "5", "-v")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.endswith("\n") and "Loaded" not in result.stdout
-    assert f"{red} 40x30 -> 16 visual tokens -> all kept (layer-avg 16.0)" in result.stderr
+    assert f"{red} 40x30 -> 16 visual tokens -> 16 in -> 16 kept (layer-avg 16.0)" in result.stderr
     assert "stopped at --max-new-tokens" in result.stderr
     assert "visual tokens per layer: [16, 16, 16, 16]" in result.stderr
 

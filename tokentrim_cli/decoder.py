@@ -14,6 +14,8 @@ at. Dropped tokens keep their positions under the `keep` policy and are renumber
 
 from __future__ import annotations
 
+import contextlib
+import time
 import types
 from dataclasses import dataclass
 
@@ -84,7 +86,9 @@ def _visual_token_ids(config) -> list[int]:
 class Trimmer:
     """Runs a trimming method inside one LLaVA-family model. Use as a context manager or install()."""
 
-    def __init__(self, model, method: Method | None = None, *, position_policy: str = "keep") -> None:
+    def __init__(
+        self, model, method: Method | None = None, *, position_policy: str = "keep", measure_overhead: bool = False
+    ) -> None:
         if position_policy not in POSITION_POLICIES:
             raise ValueError(f"position_policy must be one of {POSITION_POLICIES}, got {position_policy!r}")
         self.model = model
@@ -98,6 +102,10 @@ class Trimmer:
         self._pending_vision: tuple[Tensor, Tensor] | None = None  # (keep, protected) over image slots
         self._handles: list = []
         self.last_cache: PrunableCache | None = None
+        # Seconds spent scoring (attention rows) and gathering (dropping tokens, evicting entries),
+        # measured with device synchronisation, so only when asked: the sync itself costs time.
+        self.measure_overhead = measure_overhead
+        self.overhead_s = {"scoring": 0.0, "gathering": 0.0}
 
     # ---- installation --------------------------------------------------------------------------
 
@@ -192,8 +200,10 @@ class Trimmer:
         for layer_idx, layer in enumerate(lm.layers):
             if not decoding:
                 self._apply(live, self.method.before_layer(self._state(layer_idx, live, cache)))
-                visual_per_layer.append((live.is_visual & live.valid).sum(1).tolist())
-                tokens_per_layer.append(live.valid.sum(1).tolist())
+                # Counted on the device, read once after the loop: a .tolist() per layer would
+                # stall a GPU once per layer.
+                visual_per_layer.append((live.is_visual & live.valid).sum(1))
+                tokens_per_layer.append(live.valid.sum(1))
             cos, sin, rope_position = self._rope_for_layer(cache, layer_idx, live)
             stock_compatible = live.untouched and not cache.meta.pruned[layer_idx]
             cache.record(
@@ -224,7 +234,8 @@ class Trimmer:
                 continue
             state = self._state(layer_idx, live, cache)
             if query is not None:
-                scores, state.query_valid = self._score(query, state, layer, cache, layer_idx, hidden_in, cos, sin)
+                with self._timed("scoring"):
+                    scores, state.query_valid = self._score(query, state, layer, cache, layer_idx, hidden_in, cos, sin)
                 state.attention = scores[..., -live.token_index.shape[1] :]  # the live tokens are the newest
             self._apply(live, self.method.after_layer(state))
 
@@ -236,9 +247,9 @@ class Trimmer:
             self._prefill_end(cache)
             cache.meta.prefills.append(
                 PrefillTrace(
-                    visual_per_layer=[list(x) for x in zip(*visual_per_layer)],
-                    tokens_per_layer=[list(x) for x in zip(*tokens_per_layer)],
-                    visual_input=visual_per_layer[0],
+                    visual_per_layer=torch.stack(visual_per_layer, 1).tolist(),  # [sample][layer]
+                    tokens_per_layer=torch.stack(tokens_per_layer, 1).tolist(),
+                    visual_input=visual_per_layer[0].tolist(),
                     kv_after_prefill=cache.lengths(),
                 )
             )
@@ -284,18 +295,22 @@ class Trimmer:
         state = self._cache_state(cache, layer_idx, decode_step=cache.meta.decode_steps + 1)
         if not self.method.decode_score_request(state):
             return
-        scores, _ = self._score(QuerySpec.LAST_TOKEN, self._state(layer_idx, live, cache), layer, cache, layer_idx, hidden_in, cos, sin)
+        with self._timed("scoring"):
+            live_state = self._state(layer_idx, live, cache)
+            scores, _ = self._score(QuerySpec.LAST_TOKEN, live_state, layer, cache, layer_idx, hidden_in, cos, sin)
         state.attention = scores  # (B, 1, T): the new token over this layer's whole cache
         cache.meta.attention_sum[layer_idx] = cache.meta.attention_sum[layer_idx] + scores[:, 0]
         state.attention_sum = cache.meta.attention_sum[layer_idx]
         keep = self.method.on_decode_layer(state)
         if keep is not None:  # hidden from the next step on
-            cache.keep_entries(layer_idx, *pad_keep([k.to(live.hidden.device) for k in keep]))
+            with self._timed("gathering"):
+                cache.keep_entries(layer_idx, *pad_keep([k.to(live.hidden.device) for k in keep]))
 
     def _prefill_end(self, cache: PrunableCache) -> None:
         views = [self._cache_state(cache, layer) for layer in range(self.num_layers)]
         for layer, keep in (self.method.on_prefill_end(views) or {}).items():
-            cache.keep_entries(layer, *pad_keep(keep))
+            with self._timed("gathering"):
+                cache.keep_entries(layer, *pad_keep(keep))
 
     def _cache_state(self, cache: PrunableCache, layer: int, *, decode_step: int = 0) -> LayerState:
         meta = cache.meta
@@ -369,11 +384,25 @@ class Trimmer:
             memory=cache.meta.method_state,
         )
 
+    @contextlib.contextmanager
+    def _timed(self, kind: str):
+        if not self.measure_overhead:
+            yield
+            return
+        device = self.language_model.embed_tokens.weight.device
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+        sync(device)
+        started = time.perf_counter()
+        yield
+        sync(device)
+        self.overhead_s[kind] += time.perf_counter() - started
+
     def _apply(self, live: _Live, keep: list[Tensor] | None) -> None:
         if keep is None:
             return
-        index, filler = pad_keep([k.to(live.hidden.device) for k in keep])
-        live.gather(index, filler)
+        with self._timed("gathering"):
+            index, filler = pad_keep([k.to(live.hidden.device) for k in keep])
+            live.gather(index, filler)
 
     # ---- positions -------------------------------------------------------------------------------
 
@@ -483,3 +512,66 @@ def _bound_forward(trimmer: Trimmer):
         )
 
     return forward
+
+
+# ---- calibration support: one full prefill, then the layers after K on the text alone -----------
+
+
+@dataclass
+class LayerInputs:
+    """What a stock prefill of one sample fed each decoder layer, for VTW's shared-prefix calibration."""
+
+    hidden: list[Tensor]  # per layer: (1, T, D), the layer's input
+    position_ids: Tensor  # (1, T)
+    is_visual: Tensor  # (T,)
+    logits: Tensor  # (V,) fp32: the next-token logits at the last prompt position
+
+
+def capture_layer_inputs(model, inputs: dict) -> LayerInputs:
+    """Run a stock prefill (batch 1, no padding) and keep every decoder layer's input."""
+    lm = model.model.language_model
+    captured: list[Tensor] = []
+    handles = [
+        layer.register_forward_pre_hook(lambda module, args, kwargs: captured.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
+        for layer in lm.layers
+    ]
+    try:
+        with torch.inference_mode():
+            out = model(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    ids = inputs["input_ids"]
+    if ids.shape[0] != 1 or ("attention_mask" in inputs and not bool(inputs["attention_mask"].all())):
+        raise ValueError("capture_layer_inputs takes one unpadded sample")
+    return LayerInputs(
+        hidden=captured,
+        position_ids=torch.arange(ids.shape[1], device=ids.device)[None],
+        is_visual=torch.isin(ids[0], torch.tensor(_visual_token_ids(model.config), device=ids.device)),
+        logits=out.logits[0, -1].float(),
+    )
+
+
+def logits_after_withdrawal(model, captured: LayerInputs, layer: int) -> Tensor:
+    """(V,) fp32 last-position logits when every visual token is withdrawn before `layer`.
+
+    Layers before `layer` are the captured stock prefill (shared by every candidate); layers from
+    `layer` on run on the text tokens only, at their original positions (VTW, `keep` policy).
+    """
+    lm = model.model.language_model
+    keep = (~captured.is_visual).nonzero().squeeze(1)
+    hidden = captured.hidden[layer][:, keep]  # (1, n_text, D)
+    positions = captured.position_ids[:, keep]
+    cos, sin = lm.rotary_emb(hidden, position_ids=positions)
+    mask = None  # sdpa: is_causal over the text tokens
+    if lm.config._attn_implementation == "eager":
+        n = hidden.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=hidden.device).tril()
+        mask = torch.zeros(1, 1, n, n, dtype=hidden.dtype, device=hidden.device).masked_fill(~causal, torch.finfo(hidden.dtype).min)
+    with torch.inference_mode():
+        for decoder_layer in lm.layers[layer:]:
+            hidden = decoder_layer(
+                hidden, attention_mask=mask, position_embeddings=(cos, sin), position_ids=positions,
+                past_key_values=None, use_cache=False,
+            )  # fmt: skip
+        return model.lm_head(lm.norm(hidden[:, -1:]))[0, -1].float()

@@ -45,7 +45,7 @@ class Timing:
 @dataclass
 class GenerationResult:
     text: str
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", "length", or "interrupted" (chat's Ctrl-C)
     prompt_tokens: int
     new_tokens: int
     visual_tokens: VisualAccounting
@@ -88,8 +88,13 @@ class _Streamer:
 
 def prepare_inputs(loaded: Loaded, images: list[LoadedImage], prompt: str, *, system: str | None = None) -> dict:
     """Processor outputs on the model's device, for one prompt built with the chat template."""
+    return prepare_messages(loaded, images, chat_messages(prompt, n_images=len(images), system=system))
+
+
+def prepare_messages(loaded: Loaded, images: list[LoadedImage], messages: list[dict]) -> dict:
+    """Processor outputs on the model's device for chat-template messages (images in order)."""
     processor = loaded.processor
-    text = build_prompt(processor, chat_messages(prompt, n_images=len(images), system=system))
+    text = build_prompt(processor, messages)
     batch = processor(images=[i.image for i in images] or None, text=[text], return_tensors="pt")
     model = loaded.model
     out = {}
@@ -110,12 +115,42 @@ def generate(
     on_text: Callable[[str], None] | None = None,
 ) -> GenerationResult:
     """Answer `prompt` about `images` with `profile` applied; stream text to `on_text`."""
+    messages = chat_messages(prompt, n_images=len(images), system=system)
+    return generate_messages(loaded, profile, messages=messages, images=images, settings=settings, on_text=on_text)
+
+
+class _StopWhen:
+    """A stopping criterion that ends generation cleanly when `should_stop()` turns true (Ctrl-C)."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop, self.fired = should_stop, False
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        self.fired = self.fired or bool(self.should_stop())
+        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
+
+
+def generate_messages(
+    loaded: Loaded,
+    profile: Profile,
+    *,
+    messages: list[dict],
+    images: list[LoadedImage],
+    settings: GenerationSettings = GenerationSettings(),
+    on_text: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> GenerationResult:
+    """Answer the last user message of `messages` (chat-template format); images fill the image
+    placeholders in order. `should_stop` is polled after every token."""
     import torch
+    from transformers import StoppingCriteriaList
 
     info = loaded.info
     check_fits(profile, model_id=info.model_id, model_type=info.model_type, num_layers=info.num_layers)
     started = time.perf_counter()
-    inputs = prepare_inputs(loaded, images, prompt, system=system)
+    inputs = prepare_messages(loaded, images, messages)
     model, tokenizer = loaded.model, loaded.processor.tokenizer
     streamer = _Streamer(tokenizer, on_text)
     kwargs = dict(max_new_tokens=settings.max_new_tokens, streamer=streamer, pad_token_id=tokenizer.pad_token_id)
@@ -127,11 +162,17 @@ def generate(
         kwargs["min_new_tokens"] = settings.max_new_tokens
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
+    stop = _StopWhen(should_stop) if should_stop else None
+    if stop:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
     trimmer = Trimmer(model, profile.build_method(), position_policy=profile.position_policy)
     with torch.inference_mode(), trimmer:
         sequences = model.generate(**inputs, **kwargs)
     finished = time.perf_counter()
-    return _result(loaded, inputs, sequences, streamer, trimmer, images, started, finished)
+    result = _result(loaded, inputs, sequences, streamer, trimmer, images, started, finished)
+    if stop and stop.fired:
+        result.finish_reason = "interrupted"
+    return result
 
 
 def _result(loaded, inputs, sequences, streamer, trimmer, images, started, finished) -> GenerationResult:

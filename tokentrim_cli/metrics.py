@@ -120,3 +120,196 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# ---- measuring profiles side by side (`tokentrim profile`) ---------------------------------------
+
+
+@dataclass
+class Measurement:
+    """One configuration's raw samples and accounting. `profile` is None for stock transformers."""
+
+    name: str
+    profile_sha256: str | None
+    visual_before: int = 0
+    visual_input: int = 0
+    visual_layer_averaged: float = 0.0
+    prefill_flops: int = 0  # decoder prefill, whole batch
+    kv_bytes_after_prefill: int = 0  # from the trace's per-layer entries (formula)
+    kv_bytes_end: int = 0  # measured from the cache tensors once the answer is done
+    kv_bytes_end_formula: int = 0  # the same from the per-layer entry counts
+    kv_entries_end: list[int] | None = None
+    peak_memory_bytes: int | None = None  # CUDA max allocated in the last run; None on CPU
+    overhead_s: dict | None = None  # scoring and gathering, from one instrumented run
+    ttft_s: list[float] | None = None
+    decode_tokens_per_s: list[float] | None = None  # all sequences of the batch together
+    end_to_end_s: list[float] | None = None
+
+
+@dataclass
+class Report:
+    rows: list[Measurement]
+    reference: str  # the row speed-ups are relative to
+    settings: dict
+    provenance: dict
+    process_peak_rss_bytes: int
+
+    def row(self, name: str) -> Measurement:
+        return next(r for r in self.rows if r.name == name)
+
+    def speedup(self, name: str) -> Stats:
+        """TTFT speed-up against the reference, from run-by-run ratios (runs are interleaved)."""
+        reference = self.row(self.reference).ttft_s
+        return Stats.of([r / t for r, t in zip(reference, self.row(name).ttft_s)])
+
+    def flops_speedup(self, name: str) -> float:
+        return self.row(self.reference).prefill_flops / self.row(name).prefill_flops
+
+
+class _FirstToken:
+    """A streamer that only notes when the first generated token arrives."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.calls, self.first_at = device, 0, None
+
+    def put(self, value) -> None:
+        self.calls += 1
+        if self.calls == 2:  # the first call hands over the prompt
+            self.first_at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def batched(inputs: dict, batch_size: int) -> dict:
+    """The same prompt and images `batch_size` times (sample-major, as the processor orders images)."""
+    import torch
+
+    return {k: torch.cat([v] * batch_size) for k, v in inputs.items()}
+
+
+def measure(
+    loaded,
+    entries: list[tuple[str, object]],
+    *,
+    inputs: dict,
+    runs: int,
+    warmup: int = 1,
+    max_new_tokens: int = 64,
+    reference: str,
+    progress=None,
+) -> Report:
+    """Measure every (name, Profile or None for stock) on the same inputs, interleaved run by run."""
+    rows = {name: Measurement(name, getattr(profile, "sha256", None), ttft_s=[], decode_tokens_per_s=[], end_to_end_s=[])
+            for name, profile in entries}  # fmt: skip
+    total = (warmup + runs) * len(entries)
+    done = 0
+    for run in range(warmup + runs):
+        # Interleaved, every other round reversed (A B C, C B A, ...): drift and position effects
+        # hit every configuration alike.
+        for name, profile in entries if run % 2 == 0 else list(reversed(entries)):
+            sample = _one_run(loaded, profile, inputs, max_new_tokens)
+            if run >= warmup:
+                rows[name].ttft_s.append(sample["ttft_s"])
+                rows[name].decode_tokens_per_s.append(sample["decode_tokens_per_s"])
+                rows[name].end_to_end_s.append(sample["end_to_end_s"])
+                _account(rows[name], loaded, sample, inputs)
+            done += 1
+            if progress:
+                progress(done, total)
+    for name, profile in entries:
+        if profile is not None:
+            rows[name].overhead_s = _one_run(loaded, profile, inputs, max_new_tokens, overhead=True)["overhead_s"]
+    import resource
+
+    return Report(
+        rows=list(rows.values()),
+        reference=reference,
+        settings={"runs": runs, "warmup": warmup, "max_new_tokens": max_new_tokens,
+                  "batch_size": int(inputs["input_ids"].shape[0]), "prompt_tokens": int(inputs["input_ids"].shape[1])},  # fmt: skip
+        provenance=provenance(loaded.info),
+        process_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    )
+
+
+def _one_run(loaded, profile, inputs: dict, max_new_tokens: int, *, overhead: bool = False) -> dict:
+    import torch
+
+    from .decoder import Trimmer
+
+    model, device = loaded.model, loaded.info.device
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    streamer = _FirstToken(device)
+    kwargs = dict(
+        max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
+        return_dict_in_generate=True, pad_token_id=loaded.processor.tokenizer.pad_token_id,
+    )  # fmt: skip
+    trimmer = None
+    with torch.inference_mode():
+        with Timer(device) as timer:
+            if profile is None:
+                out = model.generate(**inputs, **kwargs)
+            else:
+                trimmer = Trimmer(model, profile.build_method(), position_policy=profile.position_policy, measure_overhead=overhead)
+                with trimmer:
+                    out = model.generate(**inputs, **kwargs)
+    first = (streamer.first_at or time.perf_counter()) - timer.start
+    batch = inputs["input_ids"].shape[0]
+    decode_s = timer.seconds - first
+    return {
+        "ttft_s": first,
+        "end_to_end_s": timer.seconds,
+        "decode_tokens_per_s": batch * (max_new_tokens - 1) / decode_s if decode_s > 0 else 0.0,
+        "cache": trimmer.last_cache if trimmer else out.past_key_values,
+        "peak": torch.cuda.max_memory_allocated(device) if cuda else None,
+        "overhead_s": dict(trimmer.overhead_s) if trimmer else None,
+    }
+
+
+def _account(row: Measurement, loaded, sample: dict, inputs: dict) -> None:
+    text = loaded.model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    cache = sample["cache"]
+    batch = inputs["input_ids"].shape[0]
+    element = cache.layers[0].keys.element_size()
+    per_layer = [layer.keys.shape[2] for layer in cache.layers]
+    kv = dict(kv_heads=text.num_key_value_heads, head_dim=head_dim, bytes_per_element=element, batch=batch)
+    image_token = loaded.model.config.image_token_id
+    row.visual_before = int((inputs["input_ids"][0] == image_token).sum())
+    if hasattr(cache, "meta"):  # a trimmed run: the trace says what happened
+        trace = cache.meta.prefills[-1]
+        row.visual_input = trace.visual_input[0]
+        row.visual_layer_averaged = trace.layer_averaged[0]
+        tokens = trace.tokens_per_layer[0]
+        row.kv_bytes_after_prefill = kv_bytes(trace.kv_after_prefill, **kv)
+    else:
+        row.visual_input = row.visual_before
+        row.visual_layer_averaged = float(row.visual_before)
+        tokens = [int(inputs["attention_mask"][0].sum())] * len(per_layer)
+        row.kv_bytes_after_prefill = kv_bytes([inputs["input_ids"].shape[1]] * len(per_layer), **kv)
+    row.prefill_flops = batch * prefill_flops(tokens, hidden=text.hidden_size, intermediate=text.intermediate_size)
+    row.kv_entries_end = per_layer
+    row.kv_bytes_end = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    row.kv_bytes_end_formula = kv_bytes(per_layer, **kv)
+    row.peak_memory_bytes = sample["peak"]
+
+
+def largest_fitting_batch(loaded, inputs: dict, *, below: int, max_new_tokens: int) -> int:
+    """The largest batch size under `below` that completes one stock answer, halving from `below`
+    (a handful of tries); 0 if not even one sequence fits."""
+    import torch
+
+    size = below // 2
+    while size >= 1:
+        try:
+            _one_run(loaded, None, batched(inputs, size), max_new_tokens)
+            return size
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is expected here
+            if type(e).__name__ != "OutOfMemoryError":
+                raise
+            if loaded.info.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            size //= 2
+    return 0

@@ -85,8 +85,10 @@ def main_callback(
     """Run LLaVA-family vision-language models faster by trimming visual tokens."""
 
 
-from . import chat as _chat  # noqa: E402,F401  (registers the commands)
+from . import calibrate as _calibrate  # noqa: E402,F401  (registers the commands)
+from . import chat as _chat  # noqa: E402,F401
 from . import env as _env  # noqa: E402,F401
+from . import profile as _profile  # noqa: E402,F401
 from . import profiles as _profiles  # noqa: E402,F401
 
 

@@ -34,11 +34,13 @@ from .options import (
 @app.command(
     help=(
         "Answer a prompt about one or more images, streaming the answer to stdout.\n\n"
-        "A one-line summary (visual tokens in -> kept, time to first token, tokens/s) goes to stderr.\n\n"
+        "A one-line summary (visual tokens in -> kept, time to first token, tokens/s) goes to stderr. "
+        "Without -p on a terminal, an interactive chat starts (/help lists its commands).\n\n"
         "Examples:\n\n"
         "  tokentrim chat --image cat.jpg -p 'What is in the picture?'\n\n"
         "  tokentrim chat -m llava-hf/llava-1.5-7b-hf --profile vtw -i a.jpg -i b.jpg -p 'Compare them.'\n\n"
-        "  echo 'Describe it.' | tokentrim chat -i cat.jpg --json"
+        "  echo 'Describe it.' | tokentrim chat -i cat.jpg --json\n\n"
+        "  tokentrim chat -i cat.jpg            # interactive: /image, /profile, /stats, /save, /exit"
     )
 )
 @reports_errors
@@ -71,9 +73,10 @@ def chat(
     missing = inputs.check_image_paths(images)
     if missing:  # a usage error, before anything heavy is imported or loaded
         raise UsageError(f"image not found: {', '.join(missing)}")
-    if prompt is None:
-        if sys.stdin.isatty():
-            raise UsageError("give a prompt with -p/--prompt (or pipe it on stdin)")
+    interactive = prompt is None and sys.stdin.isatty()
+    if interactive and as_json:
+        raise UsageError("--json needs a prompt: -p/--prompt or one piped on stdin")
+    if prompt is None and not interactive:
         prompt = sys.stdin.read().strip()
         if not prompt:
             raise UsageError("the prompt read from stdin is empty")
@@ -88,6 +91,13 @@ def chat(
     settings = generation.GenerationSettings(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
     )
+    if interactive:
+        from ..conversation import Conversation
+        from .repl import run_repl
+
+        conversation = Conversation(loaded, trimming, settings=settings, system=system, pending_images=loaded_images)
+        run_repl(conversation, load_profile=profiles.load_profile)
+        return
 
     def stream(text: str) -> None:
         out.file.write(text)

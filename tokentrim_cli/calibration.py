@@ -1,0 +1,302 @@
+"""Calibration: measure how far trimming moves the next-token distribution, and pick a setting.
+
+VTW (methods.md §1.3): for each sample, the full prefill's next-token distribution P_full at the
+last prompt position; for each candidate K, the same with the visual tokens withdrawn before layer
+K, P_K; score KL(P_K || P_full) in fp32 (the reference's direction), average over samples, and take
+the smallest K whose mean KL <= eta. If none qualifies, K = L (no withdrawal), with a warning.
+The layers before K are shared by every candidate, so one stock prefill per sample is captured
+and only layers K..L-1 rerun, on the text tokens alone.
+
+Other methods (`--kl-budget`): the most aggressive setting of the method's main knob (FastV's and
+ST3's prune ratio, MustDrop's threshold preset) whose mean first-token KL stays within the budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import InputError, UsageError
+from .inputs import LoadedImage, load_image
+
+BUILTIN_DATASET = "built-in (20 pictures of one coloured shape, tokentrim_cli/calibration_set)"
+KL_METRIC = "KL(P_trimmed || P_full) of the next-token distribution at the last prompt position, fp32"
+RATIO_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
+MUSTDROP_PRESETS = (192, 128, 64)  # least to most aggressive
+
+
+@dataclass
+class Sample:
+    image: LoadedImage
+    prompt: str
+
+
+@dataclass
+class Dataset:
+    samples: list[Sample]
+    name: str
+    sha256: str  # over the JSONL text and every image's bytes
+
+
+@dataclass
+class CalibrationResult:
+    method: str
+    params: dict  # the chosen parameters
+    knob: str  # the parameter searched
+    chosen: float  # its chosen value (MustDrop: the preset's layer-averaged budget; 0 = the no-trim fallback)
+    curve: list[tuple[float, float]]  # (knob value, mean KL) for every candidate
+    threshold: float  # eta (VTW) or the KL budget
+    qualified: bool  # False: nothing met the threshold; params are the fallback
+    samples: int
+    seconds: float
+    per_sample: list[list[float]] = field(default_factory=list)  # [sample][candidate]
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+
+def load_dataset(data: str | None, *, limit: int | None = None) -> Dataset:
+    """The JSONL file `data` (lines {"image", "prompt"}; relative images resolve against the file),
+    or the built-in set. Raises InputError naming the file and line."""
+    if data is None:
+        folder = resources.files("tokentrim_cli") / "calibration_set"
+        text = (folder / "samples.jsonl").read_text(encoding="utf-8")
+        return _parse(text, base=folder, name=BUILTIN_DATASET, source="built-in samples.jsonl", limit=limit)
+    path = Path(data)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{data}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{data}: cannot read ({e})") from None
+    return _parse(text, base=path.parent, name=str(path), source=str(path), limit=limit)
+
+
+def _parse(text: str, *, base, name: str, source: str, limit: int | None) -> Dataset:
+    digest = hashlib.sha256(text.encode())
+    samples = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{source}: line {number}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not isinstance(record.get("prompt"), str):
+            raise InputError(f'{source}: line {number}: expected {{"image": "...", "prompt": "..."}}')
+        image_source = record["image"]
+        if not image_source.startswith(("http://", "https://")) and not Path(image_source).is_absolute():
+            image_source = str(base / image_source)
+        image = load_image(image_source)
+        digest.update(image.image.tobytes())
+        samples.append(Sample(image=image, prompt=record["prompt"]))
+        if limit is not None and len(samples) >= limit:
+            break
+    if not samples:
+        raise InputError(f"{source}: no samples")
+    return Dataset(samples=samples, name=name, sha256=digest.hexdigest())
+
+
+# ---- pure arithmetic ------------------------------------------------------------------------------
+
+
+def kl_divergence(trimmed_logits, full_logits) -> float:
+    """KL(P_trimmed || P_full) over the vocabulary, in fp32 (methods.md §1.3: the reference's direction)."""
+    import torch
+
+    log_p = torch.log_softmax(trimmed_logits.float(), dim=-1)
+    log_q = torch.log_softmax(full_logits.float(), dim=-1)
+    return float((log_p.exp() * (log_p - log_q)).sum())
+
+
+def choose_vtw_layer(curve: list[tuple[int, float]], eta: float, num_layers: int) -> tuple[int, bool]:
+    """The smallest K whose mean KL <= eta, and True; or (num_layers, False) when none qualifies."""
+    for layer, kl in sorted(curve):
+        if kl <= eta:
+            return layer, True
+    return num_layers, False
+
+
+def choose_most_aggressive(curve: list[tuple[float, float]], budget: float) -> tuple[float | None, bool]:
+    """The last knob value (the curve runs from mild to aggressive) whose KL is within the budget."""
+    chosen = None
+    for value, kl in curve:
+        if kl <= budget:
+            chosen = value
+    return chosen, chosen is not None
+
+
+# ---- measurement ----------------------------------------------------------------------------------
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+def default_min_layer(num_layers: int) -> int:
+    """The reference searches K from 5 on a 32-layer model; keep that share of the depth."""
+    return max(1, round(5 * num_layers / 32))
+
+
+def calibrate_vtw(loaded, dataset: Dataset, *, eta: float, min_layer: int | None = None, progress: Progress | None = None) -> CalibrationResult:
+    """VTW's withdrawal layer by the KL criterion, with the shared-prefix evaluation."""
+    from .decoder import capture_layer_inputs, logits_after_withdrawal
+    from .generation import prepare_inputs
+
+    if eta <= 0:
+        raise InputError(f"eta must be > 0, got {eta}")
+    num_layers = loaded.info.num_layers
+    min_layer = default_min_layer(num_layers) if min_layer is None else min_layer
+    if not 1 <= min_layer <= num_layers - 1:
+        raise UsageError(f"--min-layer must be in [1, {num_layers - 1}] for this model, got {min_layer}")
+    candidates = list(range(min_layer, num_layers))
+    started, per_sample = time.perf_counter(), []
+    total = len(dataset.samples) * len(candidates)
+    for index, sample in enumerate(dataset.samples):
+        captured = capture_layer_inputs(loaded.model, prepare_inputs(loaded, [sample.image], sample.prompt))
+        row = []
+        for position, layer in enumerate(candidates):
+            row.append(kl_divergence(logits_after_withdrawal(loaded.model, captured, layer), captured.logits))
+            if progress:
+                progress(index * len(candidates) + position + 1, total)
+        per_sample.append(row)
+    curve = [(layer, sum(col) / len(col)) for layer, col in zip(candidates, zip(*per_sample))]
+    chosen, qualified = choose_vtw_layer(curve, eta, num_layers)
+    return CalibrationResult(
+        method="vtw", params={"layer": chosen}, knob="layer", chosen=chosen, curve=curve, threshold=eta,
+        qualified=qualified, samples=len(dataset.samples), seconds=time.perf_counter() - started, per_sample=per_sample,
+    )  # fmt: skip
+
+
+def calibrate_vtw_naive(loaded, dataset: Dataset, *, eta: float, min_layer: int) -> CalibrationResult:
+    """The same KL curve with one full trimmed prefill per candidate (the reference's way): the
+    yardstick for the shared-prefix version, in tests and the speed-up measurement."""
+    from .methods.vtw import VTW, VTWConfig
+
+    started = time.perf_counter()
+    candidates = list(range(min_layer, loaded.info.num_layers))
+    per_sample = []
+    for sample in dataset.samples:
+        full = _last_logits(loaded, sample, None)
+        per_sample.append([kl_divergence(_last_logits(loaded, sample, VTW(VTWConfig(layer=k))), full) for k in candidates])
+    curve = [(layer, sum(col) / len(col)) for layer, col in zip(candidates, zip(*per_sample))]
+    chosen, qualified = choose_vtw_layer(curve, eta, loaded.info.num_layers)
+    return CalibrationResult(
+        method="vtw", params={"layer": chosen}, knob="layer", chosen=chosen, curve=curve, threshold=eta,
+        qualified=qualified, samples=len(dataset.samples), seconds=time.perf_counter() - started, per_sample=per_sample,
+    )  # fmt: skip
+
+
+def _last_logits(loaded, sample: Sample, method):
+    import torch
+
+    from .decoder import Trimmer
+    from .generation import prepare_inputs
+
+    inputs = prepare_inputs(loaded, [sample.image], sample.prompt)
+    with torch.inference_mode():
+        if method is None:
+            return loaded.model(**inputs, logits_to_keep=1).logits[0, -1].float()
+        with Trimmer(loaded.model, method):
+            return loaded.model(**inputs, logits_to_keep=1).logits[0, -1].float()
+
+
+def knob_candidates(method: str, num_layers: int) -> tuple[str, list[tuple[float, object]]]:
+    """(knob name, [(knob value, method instance)]) from mild to aggressive."""
+    from .methods.fastv import FastV, FastVConfig
+    from .methods.mustdrop import THRESHOLD_PRESETS, MustDrop, MustDropConfig
+    from .methods.st3 import ST3, ST3Config
+
+    if method == "fastv":
+        return "drop_ratio", [(r, FastV(FastVConfig(drop_ratio=r))) for r in RATIO_GRID]
+    if method == "st3":
+        return "prune_ratio", [(r, ST3(ST3Config(prune_ratio=r))) for r in RATIO_GRID]
+    if method == "mustdrop":
+        layers = tuple(layer for layer in MustDropConfig().filter_layers if layer < num_layers - 1)
+        return "preset", [
+            (budget, MustDrop(MustDropConfig(filter_layers=layers, global_threshold=g, individual_threshold=i)))
+            for budget, (g, i) in ((b, THRESHOLD_PRESETS[b]) for b in MUSTDROP_PRESETS)
+        ]
+    raise UsageError(f"--kl-budget calibration takes fastv, st3 or mustdrop, not '{method}'")
+
+
+def calibrate_knob(loaded, dataset: Dataset, *, method: str, kl_budget: float, progress: Progress | None = None) -> CalibrationResult:
+    """The most aggressive setting of the method's main knob whose mean first-token KL is within budget."""
+    if kl_budget <= 0:
+        raise InputError(f"--kl-budget must be > 0, got {kl_budget}")
+    knob, candidates = knob_candidates(method, loaded.info.num_layers)
+    for _, instance in candidates:
+        instance.config.check_model(loaded.info.num_layers)
+    started, per_sample = time.perf_counter(), []
+    total = len(dataset.samples) * len(candidates)
+    for index, sample in enumerate(dataset.samples):
+        full = _last_logits(loaded, sample, None)
+        row = []
+        for position, (_, instance) in enumerate(candidates):
+            row.append(kl_divergence(_last_logits(loaded, sample, instance), full))
+            if progress:
+                progress(index * len(candidates) + position + 1, total)
+        per_sample.append(row)
+    curve = [(value, sum(col) / len(col)) for (value, _), col in zip(candidates, zip(*per_sample))]
+    chosen, qualified = choose_most_aggressive(curve, kl_budget)
+    if qualified:
+        params = next(instance for value, instance in candidates if value == chosen).config.to_dict()
+    else:  # even the mildest setting moves the distribution too far: trim nothing
+        chosen = 0.0
+        params = type(candidates[0][1].config).neutral(loaded.info.num_layers).to_dict()
+    return CalibrationResult(
+        method=method, params=params, knob=knob, chosen=chosen, curve=curve, threshold=kl_budget,
+        qualified=qualified, samples=len(dataset.samples), seconds=time.perf_counter() - started, per_sample=per_sample,
+    )  # fmt: skip
+
+
+def calibrated_profile(result: CalibrationResult, info, dataset: Dataset, *, version: str):
+    """The trimming profile a calibration writes: the chosen parameters plus where they came from."""
+    import datetime
+
+    from .methods import get_method
+    from .profiles import Profile
+
+    slug = model_slug(info.model_id)
+    description = f"{result.method} calibrated on {info.model_id}: {result.knob} = {result.chosen}"
+    if result.method == "vtw":
+        description = f"VTW calibrated on {info.model_id}: withdraw the visual tokens before layer {result.chosen}"
+    if not result.qualified:
+        description += " (nothing met the threshold: fallback, see [calibration])"
+    calibration = {
+        "dataset": dataset.name,
+        "dataset_hash": f"sha256:{dataset.sha256}",
+        "samples": result.samples,
+        "metric": KL_METRIC,
+        ("threshold" if result.method == "vtw" else "kl_budget"): result.threshold,
+        "curve": [[value, kl] for value, kl in result.curve],
+        "chosen": result.chosen,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tool_version": version,
+        "model_id": info.model_id,
+        "model_revision": info.revision,
+    }
+    return Profile(
+        name=f"{result.method}-{slug}",
+        description=description,
+        method=result.method,
+        params=get_method(result.method).config_cls.from_dict(result.params),
+        position_policy="keep",
+        applies_to={"models": [info.model_id], "revision": info.revision},
+        calibration=calibration,
+    )
+
+
+def model_slug(model_id: str) -> str:
+    """A file-name-safe short name: 'llava-hf/llava-1.5-7b-hf' -> 'llava-1.5-7b-hf'."""
+    tail = model_id.rstrip("/").split("/")[-1].replace("random:", "random-")
+    return "".join(c if c.isalnum() or c in "-._" else "-" for c in tail) or "model"
+
+
+def mean_kl_table(result: CalibrationResult) -> list[tuple[float, float, bool]]:
+    """(knob value, mean KL, within threshold) rows for reports."""
+    return [(value, kl, kl <= result.threshold and not math.isnan(kl)) for value, kl in result.curve]

@@ -1,0 +1,117 @@
+"""`tokentrim profile`: speed and memory of trimming profiles side by side."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from ..errors import OutOfMemoryError, UsageError
+from . import app, err, out, reports_errors
+from .loading import load_model
+from .options import (
+    AttnImpl,
+    AttnOpt,
+    DeviceOpt,
+    DType,
+    DTypeOpt,
+    JsonOpt,
+    ModelOpt,
+    OfflineOpt,
+    Quantize,
+    QuantizeOpt,
+    QuietOpt,
+    RevisionOpt,
+    check_device,
+)
+
+
+@app.command(
+    help=(
+        "Measure trimming profiles side by side: visual tokens, prefill FLOPs, time to first token, "
+        "decode tokens/s, end-to-end time, KV cache bytes and peak memory, with the speed-up against "
+        "the first --compare profile beside the FLOPs-implied one. Runs are interleaved after warm-ups; "
+        "EOS is ignored so every profile generates --max-new-tokens tokens. A 'stock' row runs "
+        "transformers without tokentrim, to show the engine's own overhead.\n\n"
+        "Examples:\n\n"
+        "  tokentrim profile --profile st3 --compare baseline -m random:cpu-576 -i cat.jpg\n\n"
+        "  tokentrim profile --profile vtw --profile fastv --compare baseline -m llava-hf/llava-1.5-7b-hf -i cat.jpg --runs 20\n\n"
+        "  tokentrim profile --profile st3 --compare baseline -m random:llava-1.5-7b --batch-size 16 --json > st3.json"
+    )
+)
+@reports_errors
+def profile(
+    profiles_: Annotated[list[str] | None, typer.Option("--profile", help="Trimming profile to measure; repeatable.")] = None,
+    compare: Annotated[
+        list[str] | None, typer.Option("--compare", help="Profile to compare against; repeatable; the first is the reference.")
+    ] = None,
+    image: Annotated[list[str] | None, typer.Option("--image", "-i", help="Image path or URL; repeatable (default: the sample picture).")] = None,
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The question.")] = "Describe this picture in detail.",
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Measured runs per profile (>= 10 on GPU).")] = 5,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Unmeasured runs first.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "--max-tokens", min=1, help="Tokens every profile generates.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="The same image and prompt this many times.")] = 1,
+    no_stock: Annotated[bool, typer.Option("--no-stock", help="Skip the stock transformers row.")] = False,
+    plot: Annotated[str | None, typer.Option("--plot", help="Draw speed-ups and KV memory to this PNG file.")] = None,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    offline: OfflineOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = DType.auto,
+    quantize: QuantizeOpt = Quantize.none,
+    attn_impl: AttnOpt = AttnImpl.auto,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    from importlib import resources
+
+    from .. import inputs
+
+    device = check_device(device)
+    images = image or [str(resources.files("tokentrim_cli") / "samples" / "red-circle.png")]
+    missing = inputs.check_image_paths(images)
+    if missing:
+        raise UsageError(f"image not found: {', '.join(missing)}")
+    compare = compare or ["baseline"]
+    names = list(dict.fromkeys(compare + (profiles_ or [])))
+    if len(names) < 2 and no_stock:
+        raise UsageError("give at least one --profile besides the --compare reference")
+    from .. import generation, metrics, profiles, render
+
+    if plot:
+        render.check_plotting()
+    trimming = {name: profiles.load_profile(name) for name in names}
+    loaded_images = [inputs.load_image(source) for source in images]
+    loaded = load_model(
+        model, revision=revision, offline=offline, device=device, dtype=dtype, quantize=quantize,
+        attn_impl=attn_impl, quiet=quiet or as_json,
+    )  # fmt: skip
+    info = loaded.info
+    for name, profile_ in trimming.items():
+        profiles.check_fits(profile_, model_id=info.model_id, model_type=info.model_type, num_layers=info.num_layers)
+    batch = metrics.batched(generation.prepare_inputs(loaded, loaded_images, prompt), batch_size)
+    entries = ([] if no_stock else [("stock", None)]) + list(trimming.items())
+    try:
+        with render.progress_bar("Measuring", enabled=not (quiet or as_json) and err.is_terminal, console=err) as advance:
+            report = metrics.measure(
+                loaded, entries, inputs=batch, runs=runs, warmup=warmup, max_new_tokens=max_new_tokens,
+                reference=compare[0], progress=advance,
+            )  # fmt: skip
+    except Exception as e:
+        if type(e).__name__ != "OutOfMemoryError" or batch_size == 1:
+            raise
+        single = generation.prepare_inputs(loaded, loaded_images, prompt)
+        fits = metrics.largest_fitting_batch(loaded, single, below=batch_size, max_new_tokens=max_new_tokens)
+        raise OutOfMemoryError(
+            f"--batch-size {batch_size} does not fit in {info.device} memory",
+            hint=f"the largest batch that fits a {max_new_tokens}-token answer with stock transformers: {fits}",
+        ) from None
+    if plot:
+        render.plot_report(report, plot)
+    if as_json:
+        out.file.write(json.dumps(render.report_document(report), indent=2) + "\n")
+        return
+    out.print(render.report_table(report))
+    if info.device == "cpu":
+        err.print(f"CPU run: peak memory is the process's ({report.process_peak_rss_bytes / 2**20:.0f} MiB RSS over the whole run).", markup=False)
