@@ -50,6 +50,9 @@ class CacheMeta:
     protected: list[Tensor | None]
     attention_sum: list[Tensor | None]
     pruned: list[bool]
+    # Per layer: no padding or filler entry stored. Kept on the host so that choosing the sdpa fast
+    # path costs no device synchronisation.
+    all_valid: list[bool]
     method_state: dict = field(default_factory=dict)
     decode_steps: int = 0  # decode forwards since the last prefill
     prefills: list[PrefillTrace] = field(default_factory=list)
@@ -70,6 +73,7 @@ class PrunableCache(DynamicCache):
             protected=[None] * num_layers,
             attention_sum=[None] * num_layers,
             pruned=[False] * num_layers,
+            all_valid=[True] * num_layers,
         )
 
     # ---- what transformers asks of a cache -------------------------------------------------
@@ -109,8 +113,10 @@ class PrunableCache(DynamicCache):
         tensor = self.meta.token_index[layer]
         return 0 if tensor is None else tensor.shape[1]
 
-    def record(self, layer: int, **entries: Tensor) -> None:
-        """Append metadata for the entries layer `layer` is about to store (same order as its keys)."""
+    def record(self, layer: int, *, all_valid: bool, **entries: Tensor) -> None:
+        """Append metadata for the entries layer `layer` is about to store (same order as its keys).
+        `all_valid`: whether every new entry is a real token (no padding, no filler)."""
+        self.meta.all_valid[layer] = self.meta.all_valid[layer] and all_valid
         for name in _META:
             column = getattr(self.meta, name)
             new = entries[name]
@@ -133,6 +139,7 @@ class PrunableCache(DynamicCache):
             column = getattr(self.meta, name)
             column[layer] = column[layer] & ~filler.to(column[layer].device)
         self.meta.pruned[layer] = True
+        self.meta.all_valid[layer] = self.meta.all_valid[layer] and not bool(filler.any())
 
     def lengths(self) -> list[int]:
         """Stored entries per layer (the same for every sample of a batch; filler entries count)."""

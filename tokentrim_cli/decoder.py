@@ -46,6 +46,7 @@ class _Live:
     cos: Tensor
     sin: Tensor
     untouched: bool  # still exactly the chunk stock transformers would run (stock mask and RoPE apply)
+    all_valid: bool  # no padding or filler among the live tokens (host-side, to avoid device syncs)
 
     def gather(self, index: Tensor, filler: Tensor) -> None:
         def take(t: Tensor) -> Tensor:
@@ -61,6 +62,7 @@ class _Live:
         self.cos = self.cos.expand(index.shape[0], -1, -1).gather(1, expanded)
         self.sin = self.sin.expand(index.shape[0], -1, -1).gather(1, expanded)
         self.untouched = False
+        self.all_valid = self.all_valid and not bool(filler.any())
 
 
 def pad_keep(keep: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -99,6 +101,7 @@ class Trimmer:
         self.method.config.check_model(self.num_layers)
         self._visual_ids = _visual_token_ids(model.config)
         self._pending_input_ids: Tensor | None = None
+        self._last_input_ids: Tensor | None = None  # the current prefill's, for the vision stage's slots
         self._pending_vision: tuple[Tensor, Tensor] | None = None  # (keep, protected) over image slots
         self._handles: list = []
         self.last_cache: PrunableCache | None = None
@@ -195,8 +198,8 @@ class Trimmer:
         if not decoding:
             self._apply(live, self._vision_drops(live))
 
-        visual_per_layer: list[list[int]] = []
-        tokens_per_layer: list[list[int]] = []
+        visual_per_layer: list[Tensor] = []  # (B,) per layer
+        tokens_per_layer: list[Tensor] = []
         for layer_idx, layer in enumerate(lm.layers):
             if not decoding:
                 self._apply(live, self.method.before_layer(self._state(layer_idx, live, cache)))
@@ -214,6 +217,7 @@ class Trimmer:
                 is_visual=live.is_visual,
                 protected=live.protected,
                 attention_sum=torch.zeros(live.valid.shape, dtype=torch.float32, device=live.valid.device),
+                all_valid=live.all_valid,
             )
             # Once a layer stores anything but the full sequence, only rebuilt masks are right for it.
             cache.meta.pruned[layer_idx] = not stock_compatible
@@ -264,16 +268,18 @@ class Trimmer:
         device = inputs_embeds.device
         cos, sin = self.language_model.rotary_emb(inputs_embeds, position_ids=position_ids)
         no = torch.zeros(batch, chunk, dtype=torch.bool, device=device)
+        valid = self._valid(attention_mask, past, chunk, batch, device)
         return _Live(
             hidden=inputs_embeds,
             token_index=(torch.arange(chunk, device=device) + past).expand(batch, -1),
-            valid=self._valid(attention_mask, past, chunk, batch, device),
+            valid=valid,
             is_visual=self._is_visual(batch, chunk, device, decoding=decoding),
             protected=no,
             rope_position=position_ids.expand(batch, -1),
             cos=cos,
             sin=sin,
             untouched=True,
+            all_valid=attention_mask is None or bool(valid.all()),  # one sync per forward, not per layer
         )
 
     def _vision_drops(self, live: _Live) -> list[Tensor] | None:
@@ -436,7 +442,7 @@ class Trimmer:
         keys_valid = cache.meta.valid[layer_idx]
         queries, total = live.token_index.shape[1], keys_index.shape[1]
         eager = self.language_model.config._attn_implementation == "eager"
-        all_valid = bool(keys_valid.all())
+        all_valid = cache.meta.all_valid[layer_idx]
         if all_valid and not eager and (queries == total or queries == 1):
             return None  # sdpa's is_causal path (or a single query over a full cache), as stock does
         if all_valid and eager and queries == 1:
