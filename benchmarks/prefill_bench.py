@@ -170,7 +170,6 @@ def main() -> None:
         print(f"decode run {run + 1}/{1 + args.decode_runs}{' (warm-up)' if run == 0 else ''}", file=sys.stderr)
 
     text = model.config.text_config
-    head_dim = text.hidden_size // text.num_attention_heads
     flops = {}
     for name, cache in caches.items():
         tokens = cache.meta.prefills[-1].tokens_per_layer[0] if name != "stock" else stored_lengths(cache)

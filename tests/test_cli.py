@@ -165,6 +165,24 @@ def test_env_json_lists_shapes():
     assert {"random:tiny", "random:cpu-576", "random:llava-1.5-7b", "random:llava-1.5-13b"} <= set(facts["random_shapes"])
 
 
+def test_out_of_memory_exits_5_with_remedies(red, monkeypatch):
+    from tokentrim_cli import generation
+
+    class OutOfMemoryError(RuntimeError):  # what torch.cuda raises, by name
+        pass
+
+    def exhausted(*args, **kwargs):
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(generation, "generate", exhausted)
+    result = invoke("chat", *TINY, "-i", red, "-p", "hi")
+    assert result.exit_code == 5
+    assert result.stderr.splitlines()[-2:] == [
+        "Error: out of memory: CUDA out of memory. Tried to allocate 2.00 GiB",
+        "Hint: try --quantize 4bit, a stronger trimming profile, or fewer images",
+    ]
+
+
 def test_traceback_only_with_debug(red, monkeypatch):
     monkeypatch.setenv("TOKENTRIM_DEBUG", "1")
     result = invoke("chat", *TINY, "-i", red, "-p", "hi", "--profile", "vtw")

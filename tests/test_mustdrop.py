@@ -203,3 +203,35 @@ def test_mustdrop_batched_equals_per_sample(tiny):
         assert torch.equal(single.sequences[0, -(STEPS + 1) :], batched.sequences[row, -(STEPS + 1) :])
         for a, b in zip(single.logits, batched.logits):
             torch.testing.assert_close(a[0], b[row], atol=1e-4, rtol=1e-4)
+
+
+def test_vision_tower_without_cls_falls_back_and_warns():
+    """SigLIP has no CLS token: the key set comes from the mean attention each patch receives."""
+    import transformers
+
+    from tokentrim_cli.model import LLAVA_CHAT_TEMPLATE, _byte_tokenizer
+
+    tokenizer = _byte_tokenizer(None, LLAVA_CHAT_TEMPLATE)
+    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    config = transformers.LlavaConfig(
+        vision_config=transformers.SiglipVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+        ),
+        text_config=transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                             num_attention_heads=4, num_key_value_heads=2, vocab_size=image_token + 64),  # fmt: skip
+        image_token_index=image_token, vision_feature_layer=-1, vision_feature_select_strategy="full",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LlavaForConditionalGeneration(config).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        stock = list(model.model.get_image_features(pixel_values=pixels, vision_feature_layer=-1,
+                                                    vision_feature_select_strategy="full").pooler_output)  # fmt: skip
+        with pytest.warns(UserWarning, match="no CLS token"):
+            ours = MustDrop(MustDropConfig(merge_threshold=2.0, filter_layers=(1,))).on_vision(
+                VisionInputs(model.model, pixels, {}, lambda: stock)
+            )
+    for a, b, protected in zip(ours.features, stock, ours.protected):
+        assert a.shape == b.shape == (16, 64)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        assert protected.sum() == 2  # ceil(0.08 * 16)

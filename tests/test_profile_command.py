@@ -48,6 +48,7 @@ def test_profile_table(tmp_path):
     result = runner.invoke(app, [*ARGS, "--profile", str(profile)], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.stderr
     assert "speed-up vs baseline" in result.stdout and "vtw-tiny" in result.stdout and "16 -> 16 (8.0)" in result.stdout
+    assert str(profile) not in result.stdout  # rows carry the profile's name, not its path
     assert "CPU run: peak memory is the process's" in result.stderr
 
 

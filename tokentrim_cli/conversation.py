@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError, UsageError
+from .files import write_text_atomic
 from .generation import GenerationResult, GenerationSettings, generate_messages
 from .inputs import LoadedImage, load_image
 from .model import Loaded
@@ -100,22 +99,10 @@ class Conversation:
 
     def save(self, path: str | Path) -> Path:
         """Write the conversation as JSON, atomically (a temporary file, then a rename)."""
-        path = Path(path)
-        tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump(self.to_dict(), out, indent=2)
-                out.write("\n")
-            os.replace(tmp, path)
-            tmp = None
+            return write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
         except OSError as e:
             raise InputError(f"{path}: cannot write ({e.strerror})") from None
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)  # never leave a half-written file behind
-        return path
 
 
 def _user(prompt: str, n_images: int) -> dict:

@@ -272,8 +272,6 @@ def load_llava(
     seed: int = 0,
 ) -> Loaded:
     """Load a LLaVA-family model and its processor. Raises ModelUnavailableError (exit 4) and friends."""
-    import torch
-
     started = time.perf_counter()
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ProfileError
+from .files import write_text_atomic
 from .methods import METHODS, get_method
 from .methods.base import Method, MethodConfig, ParamError
 
@@ -206,23 +207,11 @@ def _toml(value: Any) -> str:
 def write_profile(profile: Profile, path: str | Path) -> Path:
     """Write `profile` as TOML atomically (a temporary file, then a rename), after checking that
     what is written parses back to the same parameters."""
-    import tempfile
-
     path = Path(path)
     text = dump_profile(profile)
     if parse_profile(text, source=str(path)).params != profile.params:
         raise ProfileError(f"{path}: the profile would not read back as written")
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-        tmp = None
+        return write_text_atomic(path, text)
     except OSError as e:
         raise ProfileError(f"{path}: cannot write ({e.strerror})") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    return path

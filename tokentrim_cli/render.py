@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import EnvironmentProblem
+from .files import atomic_path
 from .metrics import FLOPS_FORMULA, Stats
 
 
@@ -140,17 +139,8 @@ def check_plotting() -> None:
 
 
 def _save_figure(figure, path: str | Path) -> None:
-    """Save atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        figure.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
 
 
 def plot_kl_curve(result, path: str | Path) -> None:
@@ -193,8 +183,9 @@ def report_table(report) -> Table:
         )
     )
     for column, justify in (
-        ("configuration", "left"), ("visual in -> kept (layer-avg)", "right"), ("prefill GFLOPs", "right"),
-        ("TTFT ms (p10-p90)", "right"), (f"speed-up vs {report.reference} (p10-p90)", "right"), ("FLOPs-implied", "right"),
+        ("configuration", "left"), ("visual in -> LM (layer-avg)", "right"), ("decoder prefill GFLOPs", "right"),
+        ("TTFT ms (p10-p90)", "right"), (f"TTFT speed-up vs {report.reference} (p10-p90)", "right"),
+        ("decoder-FLOPs-implied", "right"),
         ("decode tok/s", "right"), ("end-to-end s", "right"), ("KV MiB prefill / end", "right"), ("peak MiB", "right"),
         ("trim overhead ms", "right"),
     ):  # fmt: skip

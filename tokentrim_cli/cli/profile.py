@@ -88,15 +88,19 @@ def profile(
         attn_impl=attn_impl, quiet=quiet or as_json,
     )  # fmt: skip
     info = loaded.info
-    for name, profile_ in trimming.items():
+    for profile_ in trimming.values():
         profiles.check_fits(profile_, model_id=info.model_id, model_type=info.model_type, num_layers=info.num_layers)
     batch = metrics.batched(generation.prepare_inputs(loaded, loaded_images, prompt), batch_size)
-    entries = ([] if no_stock else [("stock", None)]) + list(trimming.items())
+    # Rows are named by the profiles' own names; a path given twice under one name is an error.
+    labels = [p.name for p in trimming.values()]
+    if len(set(labels)) != len(labels) or "stock" in labels:
+        raise UsageError(f"the measured profiles need distinct names other than 'stock', got {', '.join(labels)}")
+    entries = ([] if no_stock else [("stock", None)]) + [(p.name, p) for p in trimming.values()]
     try:
         with render.progress_bar("Measuring", enabled=not (quiet or as_json) and err.is_terminal, console=err) as advance:
             report = metrics.measure(
                 loaded, entries, inputs=batch, runs=runs, warmup=warmup, max_new_tokens=max_new_tokens,
-                reference=compare[0], progress=advance,
+                reference=trimming[compare[0]].name, progress=advance,
             )  # fmt: skip
     except Exception as e:
         if type(e).__name__ != "OutOfMemoryError" or batch_size == 1:
