@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from images import bomb_png, good_png, truncated_jpeg
 from PIL import Image
 
 from tokentrim_cli.errors import InputError
-from tokentrim_cli.inputs import build_prompt, chat_messages, check_image_paths, load_image, visual_spans
+from tokentrim_cli.inputs import build_prompt, chat_messages, check_image_paths, load_image
 
 
 def test_good_image_is_rgb_and_exif_rotated(tmp_path):
@@ -63,7 +62,3 @@ def test_prompt_without_a_template_uses_llava_format():
 
     assert build_prompt(NoTemplate(), chat_messages("Hi?", n_images=1)) == "USER: <image>\nHi? ASSISTANT:"
 
-
-def test_visual_spans_per_sample():
-    ids = torch.tensor([[5, 9, 9, 1, 9, 2], [9, 9, 9, 3, 4, 5]])
-    assert visual_spans(ids, 9) == [[(1, 3), (4, 5)], [(0, 3)]]

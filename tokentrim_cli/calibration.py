@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -296,7 +295,3 @@ def model_slug(model_id: str) -> str:
     tail = model_id.rstrip("/").split("/")[-1].replace("random:", "random-")
     return "".join(c if c.isalnum() or c in "-._" else "-" for c in tail) or "model"
 
-
-def mean_kl_table(result: CalibrationResult) -> list[tuple[float, float, bool]]:
-    """(knob value, mean KL, within threshold) rows for reports."""
-    return [(value, kl, kl <= result.threshold and not math.isnan(kl)) for value, kl in result.curve]

@@ -1,4 +1,4 @@
-"""Images and prompts: open and validate images loudly, build chat prompts, find visual spans."""
+"""Images and prompts: open and validate images loudly, build chat prompts."""
 
 from __future__ import annotations
 
@@ -108,17 +108,3 @@ def build_prompt(processor, messages: list[dict]) -> str:
             parts.append(f"{message['role'].upper()}: {images}{text}")
     return " ".join(parts) + " ASSISTANT:"
 
-
-def visual_spans(input_ids, image_token_id: int) -> list[list[tuple[int, int]]]:
-    """Per sample, the [start, end) runs of image tokens in `input_ids` (B, T)."""
-    spans = []
-    for row in input_ids.tolist():
-        runs, start = [], None
-        for t, token in enumerate(row + [None]):
-            if token == image_token_id and start is None:
-                start = t
-            elif token != image_token_id and start is not None:
-                runs.append((start, t))
-                start = None
-        spans.append(runs)
-    return spans

@@ -163,9 +163,9 @@ def check_fits(profile: Profile, *, model_id: str, model_type: str, num_layers: 
     try:
         profile.params.check_model(num_layers)
     except ParamError as e:
-        hint = None
+        hint = "copy it for this model's depth (tokentrim profiles show NAME > mine.toml) or calibrate one"
         if profile.applies_to.get("models"):
-            hint = f"this profile was written for {', '.join(profile.applies_to['models'])}"
+            hint = f"this profile was written for {', '.join(profile.applies_to['models'])}; {hint}"
         raise ProfileError(f"{profile.source}: [params] {e} ('{model_id}' has {num_layers} layers)", hint=hint) from None
     architectures = profile.applies_to.get("architectures")
     if architectures and model_type not in architectures:
