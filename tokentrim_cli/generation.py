@@ -96,12 +96,39 @@ def prepare_messages(loaded: Loaded, images: list[LoadedImage], messages: list[d
     processor = loaded.processor
     text = build_prompt(processor, messages)
     batch = processor(images=[i.image for i in images] or None, text=[text], return_tensors="pt")
-    model = loaded.model
+    return _on_model(batch, loaded.model)
+
+
+def _on_model(batch, model) -> dict:
     out = {}
     for key, value in batch.items():
         value = value.to(model.device)
         out[key] = value.to(model.dtype) if value.is_floating_point() else value
     return out
+
+
+def answer_batch(loaded: Loaded, profile: Profile, requests: list[tuple[list[LoadedImage], str]], *, max_new_tokens: int):
+    """Greedy answers to several (images, prompt) requests in one left-padded batch, and the
+    prefill trace (per sample). For evaluation: no streaming, no timing."""
+    import torch
+
+    processor, model = loaded.processor, loaded.model
+    texts = [build_prompt(processor, chat_messages(prompt, n_images=len(images))) for images, prompt in requests]
+    tokenizer = processor.tokenizer
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # a decoder-only batch pads on the left
+    try:
+        images = [i.image for images, _ in requests for i in images]
+        batch = _on_model(processor(images=images or None, text=texts, padding=True, return_tensors="pt"), model)
+    finally:
+        tokenizer.padding_side = side
+    trimmer = Trimmer(model, profile.build_method(), position_policy=profile.position_policy)
+    with torch.inference_mode(), trimmer:
+        sequences = model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+            pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+    answers = tokenizer.batch_decode(sequences[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    return answers, trimmer.last_cache.meta.prefills[-1]
 
 
 def generate(

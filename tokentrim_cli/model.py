@@ -134,7 +134,7 @@ def _byte_tokenizer(image_token_id: int | None, chat_template: str):
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for char in pre_tokenizers.ByteLevel.alphabet():
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):  # a set: sort, or ids change per process
         vocab[char] = len(vocab)
     image_token_id = image_token_id or len(vocab)
     while len(vocab) < image_token_id:  # filler so the image token lands where the real model has it

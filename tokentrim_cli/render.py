@@ -256,3 +256,75 @@ def plot_report(report, path: str | Path) -> None:
         _save_figure(figure, path)
     finally:
         plt.close(figure)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def eval_table(report) -> Table:
+    table = Table(title=f"{report.dataset}: {report.samples} samples, reference: {report.reference.name}")
+    for column in ("profile", "accuracy", "retention", "agreement", "visual in (layer-avg)", "FLOPs ratio", "time s"):
+        table.add_column(column, justify="left" if column == "profile" else "right")
+    for row in report.rows:
+        visual = sum(row.visual_input) / len(row.visual_input)
+        averaged = sum(row.visual_layer_averaged) / len(row.visual_layer_averaged)
+        table.add_row(
+            row.name, f"{row.accuracy:.1%}", _share(report.retention(row)), f"{report.agreement(row):.1%}",
+            f"{visual:.1f} ({averaged:.1f})", f"{report.flops_ratio(row):.3f}", f"{row.seconds:.1f}",
+        )  # fmt: skip
+    return table
+
+
+def eval_document(report) -> dict:
+    rows = []
+    for row in report.rows:
+        rows.append(
+            {
+                "profile": row.name,
+                "profile_sha256": row.sha256,
+                "accuracy": row.accuracy,
+                "retention": report.retention(row),
+                "agreement": report.agreement(row),
+                "visual_tokens": {
+                    "input": sum(row.visual_input) / len(row.visual_input),
+                    "layer_averaged": sum(row.visual_layer_averaged) / len(row.visual_layer_averaged),
+                },
+                "prefill_flops_ratio": report.flops_ratio(row),
+                "seconds": row.seconds,
+                "predictions": row.predictions,
+                "correct": row.correct,
+            }
+        )
+    return {
+        "dataset": report.dataset,
+        "dataset_sha256": report.dataset_sha256,
+        "samples": report.samples,
+        "reference": report.reference.name,
+        "settings": report.settings,
+        "flops_formula": FLOPS_FORMULA,
+        "versions": report.provenance,
+        "profiles": rows,
+    }
+
+
+def plot_eval(report, path: str | Path) -> None:
+    """Accuracy against the prefill FLOPs ratio, one point per profile: the Pareto picture."""
+    check_plotting()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for row in report.rows:
+        x, y = report.flops_ratio(row), row.accuracy * 100
+        axis.scatter([x], [y])
+        axis.annotate(row.name, (x, y), textcoords="offset points", xytext=(4, 4))
+    axis.set_xlabel("decoder prefill FLOPs (ratio to the reference)")
+    axis.set_ylabel("exact-match accuracy (%)")
+    axis.set_title(f"{report.dataset}, {report.samples} samples")
+    try:
+        _save_figure(figure, path)
+    finally:
+        plt.close(figure)

@@ -30,6 +30,7 @@ app = typer.Typer(
         "Examples:\n\n"
         "  tokentrim chat --image cat.jpg -p 'What is in the picture?'\n\n"
         "  tokentrim chat -m llava-hf/llava-1.5-7b-hf --profile fastv -i cat.jpg -p 'Describe it.'\n\n"
+        "  tokentrim profile --profile st3 --compare baseline -m random:cpu-576\n\n"
         "  tokentrim profiles list\n\n"
         "  tokentrim env"
     ),
@@ -88,6 +89,7 @@ def main_callback(
 from . import calibrate as _calibrate  # noqa: E402,F401  (registers the commands)
 from . import chat as _chat  # noqa: E402,F401
 from . import env as _env  # noqa: E402,F401
+from . import eval as _eval  # noqa: E402,F401
 from . import profile as _profile  # noqa: E402,F401
 from . import profiles as _profiles  # noqa: E402,F401
 
