@@ -13,16 +13,13 @@ ST3's prune ratio, MustDrop's threshold preset) whose mean first-token KL stays 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 
 from .errors import InputError, UsageError
-from .inputs import LoadedImage, load_image
+from .inputs import LoadedImage, read_image_records
 
 BUILTIN_DATASET = "built-in (20 pictures of one coloured shape, tokentrim_cli/calibration_set)"
 KL_METRIC = "KL(P_trimmed || P_full) of the next-token distribution at the last prompt position, fp32"
@@ -63,43 +60,16 @@ class CalibrationResult:
 def load_dataset(data: str | None, *, limit: int | None = None) -> Dataset:
     """The JSONL file `data` (lines {"image", "prompt"}; relative images resolve against the file),
     or the built-in set. Raises InputError naming the file and line."""
+    options = dict(valid=lambda r: isinstance(r.get("prompt"), str), expected='{"image": "...", "prompt": "..."}', limit=limit)
     if data is None:
         folder = resources.files("tokentrim_cli") / "calibration_set"
         text = (folder / "samples.jsonl").read_text(encoding="utf-8")
-        return _parse(text, base=folder, name=BUILTIN_DATASET, source="built-in samples.jsonl", limit=limit)
-    path = Path(data)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{data}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{data}: cannot read ({e})") from None
-    return _parse(text, base=path.parent, name=str(path), source=str(path), limit=limit)
-
-
-def _parse(text: str, *, base, name: str, source: str, limit: int | None) -> Dataset:
-    digest = hashlib.sha256(text.encode())
-    samples = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{source}: line {number}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not isinstance(record.get("prompt"), str):
-            raise InputError(f'{source}: line {number}: expected {{"image": "...", "prompt": "..."}}')
-        image_source = record["image"]
-        if not image_source.startswith(("http://", "https://")) and not Path(image_source).is_absolute():
-            image_source = str(base / image_source)
-        image = load_image(image_source)
-        digest.update(image.image.tobytes())
-        samples.append(Sample(image=image, prompt=record["prompt"]))
-        if limit is not None and len(samples) >= limit:
-            break
-    if not samples:
-        raise InputError(f"{source}: no samples")
-    return Dataset(samples=samples, name=name, sha256=digest.hexdigest())
+        pairs, sha256 = read_image_records("built-in samples.jsonl", text=text, base=folder, **options)
+        name = BUILTIN_DATASET
+    else:
+        pairs, sha256 = read_image_records(data, **options)
+        name = data
+    return Dataset(samples=[Sample(image, record["prompt"]) for record, image in pairs], name=name, sha256=sha256)
 
 
 # ---- pure arithmetic ------------------------------------------------------------------------------

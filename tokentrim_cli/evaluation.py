@@ -14,10 +14,9 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .errors import EnvironmentProblem, InputError, UsageError
-from .inputs import LoadedImage, load_image
+from .errors import EnvironmentProblem, UsageError
+from .inputs import LoadedImage, load_image, read_image_records
 
 
 @dataclass
@@ -49,41 +48,21 @@ def exact_match(prediction: str, answers: list[str]) -> bool:
 def load_jsonl(path: str, *, limit: int | None = None) -> EvalSet:
     """{"image": PATH|URL, "prompt": ..., "answer": str | [str, ...]} per line; relative image
     paths resolve against the file. Raises InputError naming the file and line."""
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read ({e})") from None
-    digest = hashlib.sha256(text.encode())
-    samples = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: line {number}: not valid JSON ({e.msg})") from None
-        answers = record.get("answer") if isinstance(record, dict) else None
-        answers = [answers] if isinstance(answers, str) else answers
-        valid = (
-            isinstance(record, dict) and isinstance(record.get("image"), str) and isinstance(record.get("prompt"), str)
-            and isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers)
-        )  # fmt: skip
-        if not valid:
-            raise InputError(f'{path}: line {number}: expected {{"image": "...", "prompt": "...", "answer": "..." or [...]}}')
-        source = record["image"]
-        if not source.startswith(("http://", "https://")) and not Path(source).is_absolute():
-            source = str(file.parent / source)
-        image = load_image(source)
-        digest.update(image.image.tobytes())
-        samples.append(EvalSample(image=image, prompt=record["prompt"], answers=answers))
-        if limit is not None and len(samples) >= limit:
-            break
-    if not samples:
-        raise InputError(f"{path}: no samples")
-    return EvalSet(samples=samples, name=str(file), sha256=digest.hexdigest())
+
+    def valid(record: dict) -> bool:
+        answers = _answers(record)
+        return isinstance(record.get("prompt"), str) and bool(answers) and all(isinstance(a, str) for a in answers)
+
+    pairs, sha256 = read_image_records(
+        path, valid=valid, expected='{"image": "...", "prompt": "...", "answer": "..." or [...]}', limit=limit
+    )
+    samples = [EvalSample(image=image, prompt=record["prompt"], answers=_answers(record)) for record, image in pairs]
+    return EvalSet(samples=samples, name=path, sha256=sha256)
+
+
+def _answers(record: dict):
+    answers = record.get("answer")
+    return [answers] if isinstance(answers, str) else answers if isinstance(answers, list) else None
 
 
 def load_easy_vqa(split: str, *, limit: int | None, seed: int) -> EvalSet:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,3 +111,45 @@ def build_prompt(processor, messages: list[dict]) -> str:
             parts.append(f"{message['role'].upper()}: {images}{text}")
     return " ".join(parts) + " ASSISTANT:"
 
+
+def read_image_records(
+    source: str, *, valid: Callable[[object], bool], expected: str, text: str | None = None, base=None,
+    limit: int | None = None,
+) -> tuple[list[tuple[dict, LoadedImage]], str]:
+    """The (record, image) pairs of a JSONL file whose lines carry an "image" (path or URL; relative
+    paths resolve against the file's folder), and a sha256 over the text and every image's pixels.
+
+    `valid(record)` checks a parsed line; a line that fails gets `{source}: line N: expected {expected}`.
+    `text` and `base` replace reading `source` (for data shipped inside the package).
+    Raises InputError naming the file (and the line) for every problem, and for an empty file.
+    """
+    if text is None:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"{source}: no such file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{source}: cannot read ({e})") from None
+        base = Path(source).parent
+    digest = hashlib.sha256(text.encode())
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{source}: line {number}: not valid JSON ({e.msg})") from None
+        if not (isinstance(record, dict) and isinstance(record.get("image"), str) and valid(record)):
+            raise InputError(f"{source}: line {number}: expected {expected}")
+        image_source = record["image"]
+        if not is_url(image_source) and not Path(image_source).is_absolute():
+            image_source = str(base / image_source)
+        image = load_image(image_source)
+        digest.update(image.image.tobytes())
+        pairs.append((record, image))
+        if limit is not None and len(pairs) >= limit:
+            break
+    if not pairs:
+        raise InputError(f"{source}: no samples")
+    return pairs, digest.hexdigest()

@@ -138,34 +138,38 @@ def check_plotting() -> None:
         raise EnvironmentProblem("--plot needs matplotlib", hint="pip install 'tokentrim-cli[plot]'") from None
 
 
-def _save_figure(figure, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
-
-
-def plot_kl_curve(result, path: str | Path) -> None:
-    """The mean KL over the knob, the threshold as a line, the chosen setting marked."""
+@contextlib.contextmanager
+def _figure(path: str | Path, **subplots):
+    """Yield (figure, axes) from matplotlib's file-only backend; on exit the figure is saved
+    atomically to `path` and closed, whatever happened."""
     check_plotting()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = [value for value, _ in result.curve]
-    kls = [max(kl, 1e-12) for _, kl in result.curve]
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.semilogy(values, kls, marker="o", label="mean KL")
-    axis.axhline(result.threshold, color="tab:red", linestyle="--", label=f"threshold {result.threshold:g}")
-    if result.qualified:
-        axis.axvline(result.chosen, color="tab:green", linestyle=":", label=f"chosen {result.knob} = {result.chosen:g}")
-    axis.set_xlabel(result.knob)
-    axis.set_ylabel("KL(P_trimmed || P_full)")
-    axis.set_title(f"{result.method} calibration, {result.samples} samples")
-    axis.legend()
+    figure, axes = plt.subplots(**subplots)
     try:
-        _save_figure(figure, path)
+        yield figure, axes
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
     finally:
         plt.close(figure)
+
+
+def plot_kl_curve(result, path: str | Path) -> None:
+    """The mean KL over the knob, the threshold as a line, the chosen setting marked."""
+    values = [value for value, _ in result.curve]
+    kls = [max(kl, 1e-12) for _, kl in result.curve]
+    with _figure(path, figsize=(6, 3.5)) as (_, axis):
+        axis.semilogy(values, kls, marker="o", label="mean KL")
+        axis.axhline(result.threshold, color="tab:red", linestyle="--", label=f"threshold {result.threshold:g}")
+        if result.qualified:
+            axis.axvline(result.chosen, color="tab:green", linestyle=":", label=f"chosen {result.knob} = {result.chosen:g}")
+        axis.set_xlabel(result.knob)
+        axis.set_ylabel("KL(P_trimmed || P_full)")
+        axis.set_title(f"{result.method} calibration, {result.samples} samples")
+        axis.legend()
 
 
 def _mib(value: int | None) -> str:
@@ -232,30 +236,20 @@ def report_document(report) -> dict:
 
 def plot_report(report, path: str | Path) -> None:
     """Measured vs FLOPs-implied TTFT speed-up, and KV memory at the end, per configuration."""
-    check_plotting()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [row.name for row in report.rows]
-    x = range(len(names))
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    measured = [report.speedup(n).median for n in names]
-    implied = [report.flops_speedup(n) for n in names]
-    left.bar([i - 0.2 for i in x], measured, width=0.4, label="measured TTFT speed-up")
-    left.bar([i + 0.2 for i in x], implied, width=0.4, label="FLOPs-implied")
-    left.set_xticks(list(x), names, rotation=30, ha="right")
-    left.axhline(1.0, color="gray", linewidth=0.8)
-    left.set_title(f"speed-up vs {report.reference}")
-    left.legend()
-    right.bar(list(x), [row.kv_bytes_end / 2**20 for row in report.rows], color="tab:orange")
-    right.set_xticks(list(x), names, rotation=30, ha="right")
-    right.set_title(f"KV cache after {report.settings['max_new_tokens']} tokens (MiB)")
-    try:
-        _save_figure(figure, path)
-    finally:
-        plt.close(figure)
+    x = list(range(len(names)))
+    with _figure(path, ncols=2, figsize=(11, 4)) as (_, (left, right)):
+        measured = [report.speedup(n).median for n in names]
+        implied = [report.flops_speedup(n) for n in names]
+        left.bar([i - 0.2 for i in x], measured, width=0.4, label="measured TTFT speed-up")
+        left.bar([i + 0.2 for i in x], implied, width=0.4, label="FLOPs-implied")
+        left.set_xticks(x, names, rotation=30, ha="right")
+        left.axhline(1.0, color="gray", linewidth=0.8)
+        left.set_title(f"speed-up vs {report.reference}")
+        left.legend()
+        right.bar(x, [row.kv_bytes_end / 2**20 for row in report.rows], color="tab:orange")
+        right.set_xticks(x, names, rotation=30, ha="right")
+        right.set_title(f"KV cache after {report.settings['max_new_tokens']} tokens (MiB)")
 
 
 def _share(value: float | None) -> str:
@@ -310,21 +304,11 @@ def eval_document(report) -> dict:
 
 def plot_eval(report, path: str | Path) -> None:
     """Accuracy against the prefill FLOPs ratio, one point per profile: the Pareto picture."""
-    check_plotting()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for row in report.rows:
-        x, y = report.flops_ratio(row), row.accuracy * 100
-        axis.scatter([x], [y])
-        axis.annotate(row.name, (x, y), textcoords="offset points", xytext=(4, 4))
-    axis.set_xlabel("decoder prefill FLOPs (ratio to the reference)")
-    axis.set_ylabel("exact-match accuracy (%)")
-    axis.set_title(f"{report.dataset}, {report.samples} samples")
-    try:
-        _save_figure(figure, path)
-    finally:
-        plt.close(figure)
+    with _figure(path, figsize=(6, 4)) as (_, axis):
+        for row in report.rows:
+            x, y = report.flops_ratio(row), row.accuracy * 100
+            axis.scatter([x], [y])
+            axis.annotate(row.name, (x, y), textcoords="offset points", xytext=(4, 4))
+        axis.set_xlabel("decoder prefill FLOPs (ratio to the reference)")
+        axis.set_ylabel("exact-match accuracy (%)")
+        axis.set_title(f"{report.dataset}, {report.samples} samples")
