@@ -133,3 +133,17 @@ def test_save_is_atomic_json(loaded, pictures, tmp_path):
         conversation.save(blocker / "x.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blue.png", "chats", "file", "red.png"]
     assert [p.name for p in (tmp_path / "chats").iterdir()] == ["one.json"]  # no temporary file left
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+
+    from tokentrim_cli.files import write_text_atomic
+
+    umask = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "profile.toml", "x = 1\n")
+    finally:
+        os.umask(umask)
+    assert path.read_text() == "x = 1\n" and (path.stat().st_mode & 0o777) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["profile.toml"]  # no temporary left behind

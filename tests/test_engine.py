@@ -8,9 +8,10 @@ from conftest import PROMPTS, make_inputs
 from oracle import NEVER, MaskedReference, eager_attentions
 
 from tokentrim_cli.decoder import Trimmer
-from tokentrim_cli.methods import FastV, VTW
+from tokentrim_cli.methods import VTW, FastV, RandomSelection
 from tokentrim_cli.methods.base import LayerState, Method, NoTrimming, QuerySpec
 from tokentrim_cli.methods.fastv import FastVConfig
+from tokentrim_cli.methods.random_selection import RandomSelectionConfig
 from tokentrim_cli.methods.vtw import VTWConfig
 
 STEPS = 10
@@ -136,6 +137,30 @@ def test_fastv_matches_oracle(attn, batch):
     ]
 
 
+def random_hidden_keys(model, inputs, drop_ratio: float, seed: int) -> torch.Tensor:
+    """Which prompt tokens the random control drops: the top slots of a seeded draw stay."""
+    visual = visual_mask(model, inputs, steps=0)
+    dropped = torch.zeros_like(visual)
+    for b in range(visual.shape[0]):
+        positions = visual[b].nonzero().squeeze(1)
+        scores = torch.rand(positions.numel(), generator=torch.Generator().manual_seed(seed))
+        kept = positions[scores.topk(int(positions.numel() * (1 - drop_ratio) + 0.5)).indices]
+        dropped[b, positions] = True
+        dropped[b, kept] = False
+    return torch.cat([dropped, torch.zeros(dropped.shape[0], STEPS, dtype=torch.bool)], 1)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_random_control_matches_oracle(attn, batch):
+    model, processor, _ = attn
+    inputs = make_inputs(processor, BATCHES[batch])
+    hidden = random_hidden_keys(model, inputs, drop_ratio=0.75, seed=3)
+    trimmer = Trimmer(model, RandomSelection(RandomSelectionConfig(layer=1, drop_ratio=0.75, seed=3)))
+    check_against_oracle(model, inputs, trimmer, {1: hidden})
+    other_seed = random_hidden_keys(model, inputs, drop_ratio=0.75, seed=4)
+    assert not torch.equal(hidden, other_seed)  # the seed matters
+
+
 def test_compact_positions_match_oracle(tiny):
     model, processor = tiny
     inputs = make_inputs(processor, BATCHES["two-left-padded"])
@@ -144,10 +169,10 @@ def test_compact_positions_match_oracle(tiny):
 
 
 @pytest.mark.parametrize("policy", ["keep", "compact"])
-@pytest.mark.parametrize("name", ["vtw", "fastv", "none"])
+@pytest.mark.parametrize("name", ["vtw", "fastv", "random", "none"])
 def test_neutral_setting_is_a_noop(any_tiny, name, policy):
     model, processor = any_tiny
-    method_class = {"vtw": VTW, "fastv": FastV, "none": NoTrimming}[name]
+    method_class = {"vtw": VTW, "fastv": FastV, "random": RandomSelection, "none": NoTrimming}[name]
     num_layers = len(model.model.language_model.layers)
     method = method_class(method_class.config_cls.neutral(num_layers))
     inputs = make_inputs(processor, BATCHES["two-left-padded"])
@@ -158,7 +183,11 @@ def test_neutral_setting_is_a_noop(any_tiny, name, policy):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("method", [VTW(VTWConfig(layer=2)), FastV(FastVConfig(layer=1, drop_ratio=0.75))])
+@pytest.mark.parametrize(
+    "method",
+    [VTW(VTWConfig(layer=2)), FastV(FastVConfig(layer=1, drop_ratio=0.75)),
+     RandomSelection(RandomSelectionConfig(layer=1, drop_ratio=0.75))],
+)  # fmt: skip
 def test_batched_equals_per_sample(any_tiny, method):
     model, processor = any_tiny
     samples = BATCHES["two-left-padded"]

@@ -49,7 +49,7 @@ def test_list_and_literal_params():
 
 
 def test_get_method_lists_known_methods():
-    with pytest.raises(ProfileError, match="unknown method 'fastvv'; known: fastv, mustdrop, none, st3, vtw"):
+    with pytest.raises(ProfileError, match="unknown method 'fastvv'; known: fastv, mustdrop, none, random, st3, vtw"):
         get_method("fastvv")
 
 

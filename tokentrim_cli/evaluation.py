@@ -65,6 +65,13 @@ def _answers(record: dict):
     return [answers] if isinstance(answers, str) else answers if isinstance(answers, list) else None
 
 
+def sample_indices(total: int, *, limit: int | None, seed: int) -> list[int]:
+    """The question indices of a seeded sample, ascending (all of them without a limit)."""
+    if limit is None or limit >= total:
+        return list(range(total))
+    return sorted(random.Random(seed).sample(range(total), limit))
+
+
 def load_easy_vqa(split: str, *, limit: int | None, seed: int) -> EvalSet:
     """A fixed, seeded sample of easy-VQA's questions (PyPI `easy-vqa`, MIT)."""
     try:
@@ -75,9 +82,7 @@ def load_easy_vqa(split: str, *, limit: int | None, seed: int) -> EvalSet:
         raise UsageError(f"--split must be train or test, got '{split}'")
     questions, answers, image_ids = getattr(easy_vqa, f"get_{split}_questions")()
     paths = getattr(easy_vqa, f"get_{split}_image_paths")()
-    order = list(range(len(questions)))
-    if limit is not None and limit < len(order):
-        order = sorted(random.Random(seed).sample(order, limit))
+    order = sample_indices(len(questions), limit=limit, seed=seed)
     samples = [EvalSample(load_image(paths[image_ids[i]]), questions[i], [answers[i]]) for i in order]
     digest = hashlib.sha256(json.dumps([split, seed, order]).encode())
     return EvalSet(samples=samples, name=f"easy-vqa {split} ({len(samples)} of {len(questions)}, seed {seed})", sha256=digest.hexdigest())

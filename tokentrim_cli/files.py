@@ -20,6 +20,10 @@ def atomic_path(path: str | Path):
     os.close(handle)
     try:
         yield tmp
+        # mkstemp makes the file private (0600); a profile or a plot should get the usual mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -399,5 +399,11 @@ def shape_table() -> list[tuple[str, str]]:
     return [(f"random:{name}", shape.description) for name, shape in SHAPES.items()]
 
 
+# The demo model trained here (scripts/train_demo_model.py): an ordinary Hugging Face checkpoint
+# directory shipped inside the package, loaded like any other local directory.
+DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"
+
+
 def default_model_id() -> str:
-    return os.environ.get("TOKENTRIM_MODEL", "random:tiny")
+    """$TOKENTRIM_MODEL, else the bundled demo model."""
+    return os.environ.get("TOKENTRIM_MODEL") or str(DEMO_MODEL)

@@ -34,7 +34,7 @@ ModelOpt = Annotated[
     str | None,
     typer.Option(
         "--model", "-m",
-        help="HF repo id, local directory, or random:<shape> (see `tokentrim env`). Env: TOKENTRIM_MODEL.",
+        help="HF repo id, local directory, or random:<shape> (see `tokentrim env`). Default: the bundled demo model. Env: TOKENTRIM_MODEL.",
         envvar="TOKENTRIM_MODEL", show_default=False,
     ),
 ]  # fmt: skip

@@ -6,10 +6,11 @@ from ..errors import ProfileError
 from .base import Method, NoTrimming
 from .fastv import FastV
 from .mustdrop import MustDrop
+from .random_selection import RandomSelection
 from .st3 import ST3
 from .vtw import VTW
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (NoTrimming, FastV, MustDrop, ST3, VTW)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (NoTrimming, FastV, MustDrop, RandomSelection, ST3, VTW)}
 
 
 def get_method(name: str) -> type[Method]:
