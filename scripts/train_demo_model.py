@@ -79,9 +79,8 @@ def log(*parts) -> None:
 
 def build_tokenizer(words: list[str]):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
-    from tokentrim_cli.model import LLAVA_CHAT_TEMPLATE
+    from tokentrim_cli.model import LLAVA_CHAT_TEMPLATE, llava_tokenizer
 
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
     vocab = {token: index for index, token in enumerate(specials + sorted(set(words)))}
@@ -89,19 +88,7 @@ def build_tokenizer(words: list[str]):
     backend.normalizer = normalizers.Lowercase()  # easy-VQA is lower case; "What shape..." still reads
     backend.pre_tokenizer = pre_tokenizers.Whitespace()  # words and punctuation
     backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces, no space before "?"
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-        chat_template=LLAVA_CHAT_TEMPLATE,
-        padding_side="left",
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    tokenizer.add_bos_token = True
-    return tokenizer
+    return llava_tokenizer(backend, LLAVA_CHAT_TEMPLATE)
 
 
 def build_processor(tokenizer):

@@ -131,7 +131,6 @@ SHAPES: dict[str, Shape] = {
 def _byte_tokenizer(image_token_id: int | None, chat_template: str):
     """A byte-level tokenizer built offline: every byte is a token; <image> sits at `image_token_id`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     for char in sorted(pre_tokenizers.ByteLevel.alphabet()):  # a set: sort, or ids change per process
@@ -144,6 +143,14 @@ def _byte_tokenizer(image_token_id: int | None, chat_template: str):
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
+    return llava_tokenizer(backend, chat_template)
+
+
+def llava_tokenizer(backend, chat_template: str):
+    """A `tokenizers` backend with <unk> <s> </s> <pad> <image> in its vocabulary, wrapped the way
+    LLaVA-1.5's tokenizer behaves: BOS added, left padding, <image> special, the chat template."""
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<s>",
