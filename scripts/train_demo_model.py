@@ -16,7 +16,8 @@ directory like any other.
 
 Two stages (the feasibility study found that recognising the shape end to end is the hard part):
 1. the vision tower alone learns shape and colour labels of freshly drawn pictures (scripts/shapes.py:
-   the easy-VQA kind of picture, never easy-VQA's own), from its CLS token and from its mean patch token;
+   the easy-VQA kind of picture, never easy-VQA's own): the shape from its CLS token, the colour
+   from its mean patch token;
 2. everything together learns to answer: half of each batch is easy-VQA training questions on their
    pictures, half freshly drawn pictures with generated questions. Loss on the answer and </s> only.
 
@@ -214,7 +215,12 @@ class Data:
 
 
 def pretrain_vision(model, steps: int, rng: random.Random, batch_size: int = 64) -> None:
-    """Stage 1: shape and colour labels of drawn pictures, read from CLS and from the mean patch."""
+    """Stage 1: shape and colour labels of drawn pictures.
+
+    As written (and as the committed weights were trained), the CLS token learns the shape and the
+    mean patch token the colour, each through both halves of `heads` (their losses add). Teaching
+    the mean patch the shape too may help the decoder read it, but changes the weights: retrain.
+    """
     tower = model.model.vision_tower
     width = tower.config.hidden_size
     norm = torch.nn.LayerNorm(width)
