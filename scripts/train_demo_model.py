@@ -174,9 +174,8 @@ class Data:
                 add_generation_prompt=True, tokenize=False,
             )  # fmt: skip
             ids = self.tokenizer(text)["input_ids"]
-            unknown = [t for t, i in zip(self.tokenizer.tokenize(question), ids) if i == self.tokenizer.unk_token_id]
             if self.tokenizer.unk_token_id in ids:
-                raise ValueError(f"out-of-vocabulary words in {question!r}: {unknown}")
+                raise ValueError(f"out-of-vocabulary words in {question!r}")
             at = ids.index(self.image_token)
             self._prompts[question] = ids[:at] + [self.image_token] * self.tokens_per_image + ids[at + 1 :]
         return self._prompts[question]

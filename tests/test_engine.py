@@ -190,12 +190,15 @@ def test_neutral_setting_is_a_noop(any_tiny, name, policy):
 )  # fmt: skip
 def test_batched_equals_per_sample(any_tiny, method):
     model, processor = any_tiny
-    samples = BATCHES["two-left-padded"]
+    check_batched_equals_per_sample(model, processor, BATCHES["two-left-padded"], method)
+
+
+def check_batched_equals_per_sample(model, processor, samples, method) -> None:
+    """A left-padded batch answers each sample exactly as that sample alone does."""
     batched = generate(model, make_inputs(processor, samples), Trimmer(model, method))
-    prompt = batched.sequences.shape[1] - (STEPS + 1)
     for row, sample in enumerate(samples):
         single = generate(model, make_inputs(processor, [sample]), Trimmer(model, method))
-        assert torch.equal(single.sequences[0, -(STEPS + 1) :], batched.sequences[row, prompt:])
+        assert torch.equal(single.sequences[0, -(STEPS + 1) :], batched.sequences[row, -(STEPS + 1) :])
         for a, b in zip(single.logits, batched.logits):
             torch.testing.assert_close(a[0], b[row], atol=1e-4, rtol=1e-4)
 

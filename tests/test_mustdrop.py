@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import PROMPTS, make_inputs
 from oracle import NEVER, MaskedReference
-from test_engine import STEPS, generate
+from test_engine import STEPS, check_batched_equals_per_sample, generate
 
 from tokentrim_cli.decoder import Trimmer
 from tokentrim_cli.errors import UnsupportedError
@@ -197,12 +197,7 @@ def test_neutral_mustdrop_is_a_noop(tiny):
 
 def test_mustdrop_batched_equals_per_sample(tiny):
     model, processor = tiny
-    batched = generate(model, make_inputs(processor, SAMPLES), Trimmer(model, MustDrop(STRONG)))
-    for row, sample in enumerate(SAMPLES):
-        single = generate(model, make_inputs(processor, [sample]), Trimmer(model, MustDrop(STRONG)))
-        assert torch.equal(single.sequences[0, -(STEPS + 1) :], batched.sequences[row, -(STEPS + 1) :])
-        for a, b in zip(single.logits, batched.logits):
-            torch.testing.assert_close(a[0], b[row], atol=1e-4, rtol=1e-4)
+    check_batched_equals_per_sample(model, processor, SAMPLES, MustDrop(STRONG))
 
 
 def test_vision_tower_without_cls_falls_back_and_warns():

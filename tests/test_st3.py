@@ -8,10 +8,17 @@ import pytest
 import torch
 from conftest import PROMPTS, make_inputs
 from oracle import NEVER, MaskedReference
-from test_engine import STEPS, check_against_oracle, generate
+from test_engine import STEPS, check_against_oracle, check_batched_equals_per_sample, generate
 
 from tokentrim_cli.decoder import Trimmer
-from tokentrim_cli.methods.st3 import ST3, ST3Config, annealing_factor, keep_best_visual, pruning_layers, pvtp_keep_count
+from tokentrim_cli.methods.st3 import (
+    ST3,
+    ST3Config,
+    annealing_factor,
+    keep_best_visual,
+    pruning_layers,
+    pvtp_keep_count,
+)
 
 SAMPLES = [(PROMPTS[0], 1), (PROMPTS[1], 2)]
 PVTP_ONLY = ST3Config(start_layer=1, stride=1, prune_ratio=0.4, decay="none")
@@ -139,12 +146,7 @@ def test_neutral_st3_is_a_noop(any_tiny):
 def test_st3_batched_equals_per_sample(any_tiny):
     model, processor = any_tiny
     config = ST3Config(start_layer=1, stride=2, prune_ratio=0.5, decay="linear", horizon=6, evict_interval=2)
-    batched = generate(model, make_inputs(processor, SAMPLES), Trimmer(model, ST3(config)))
-    for row, sample in enumerate(SAMPLES):
-        single = generate(model, make_inputs(processor, [sample]), Trimmer(model, ST3(config)))
-        assert torch.equal(single.sequences[0, -(STEPS + 1) :], batched.sequences[row, -(STEPS + 1) :])
-        for a, b in zip(single.logits, batched.logits):
-            torch.testing.assert_close(a[0], b[row], atol=1e-4, rtol=1e-4)
+    check_batched_equals_per_sample(model, processor, SAMPLES, ST3(config))
 
 
 def test_st3_default_kv_target_on_the_llava_7b_shape():
@@ -157,7 +159,7 @@ def test_st3_default_kv_target_on_the_llava_7b_shape():
     from tokentrim_cli.generation import GenerationSettings
     from tokentrim_cli.generation import generate as answer
     from tokentrim_cli.inputs import load_image
-    from tokentrim_cli.model import LoadInfo, Loaded, build_random
+    from tokentrim_cli.model import Loaded, LoadInfo, build_random
     from tokentrim_cli.profiles import load_profile
 
     model, processor = build_random("llava-1.5-7b-narrow")

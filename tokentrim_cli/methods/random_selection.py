@@ -17,29 +17,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import LayerState, Method, MethodConfig, ParamError, check_range, keep_top, round_half_up
+from .base import LayerState, Method
+from .fastv import FastVConfig, fastv_keep
 
 
 @dataclass(frozen=True, kw_only=True)
-class RandomSelectionConfig(MethodConfig):
-    """`layer` and `drop_ratio` as in FastV (K and R); `seed` picks the permutation."""
+class RandomSelectionConfig(FastVConfig):
+    """FastV's `layer` (K) and `drop_ratio` (R), same checks and neutral setting; `seed` picks the
+    permutation."""
 
-    layer: int = 2
-    drop_ratio: float = 0.5
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.layer < 1:
-            raise ParamError("layer", f"'layer' must be in [1, number of decoder layers), got {self.layer}")
-        check_range("drop_ratio", self.drop_ratio, 0.0, 1.0, high_open=True)
-
-    @classmethod
-    def neutral(cls, num_layers: int) -> RandomSelectionConfig:
-        return cls(layer=2, drop_ratio=0.0)
-
-    def check_model(self, num_layers: int) -> None:
-        if self.layer >= num_layers:
-            raise ParamError("layer", f"'layer' must be in [1, {num_layers - 1}] for this model, got {self.layer}")
 
 
 def random_scores(n_visual: int, seed: int) -> Tensor:
@@ -50,10 +37,9 @@ def random_scores(n_visual: int, seed: int) -> Tensor:
 def random_keep(is_visual: Tensor, valid: Tensor, drop_ratio: float, seed: int) -> Tensor:
     """Keep indices for one sample: every real text token plus a seeded random share of visual tokens."""
     visual = (is_visual & valid).nonzero().squeeze(1)
-    n_keep = round_half_up(visual.numel() * (1.0 - drop_ratio))
-    kept_visual = visual[keep_top(random_scores(visual.numel(), seed).to(visual.device), n_keep)]
-    others = (~is_visual & valid).nonzero().squeeze(1)  # padding and filler go
-    return torch.cat([others, kept_visual]).sort().values
+    scores = torch.zeros(is_visual.shape, dtype=torch.float32, device=is_visual.device)
+    scores[visual] = random_scores(visual.numel(), seed).to(is_visual.device)
+    return fastv_keep(scores, is_visual, valid, drop_ratio)  # FastV's selection, chance for attention
 
 
 class RandomSelection(Method):
