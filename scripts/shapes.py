@@ -61,15 +61,29 @@ def draw(shape: str, colour: str, rng: random.Random) -> Image.Image:
     return image.resize((SIZE, SIZE), resample=Image.Resampling.BILINEAR)
 
 
-def question(shape: str, colour: str, rng: random.Random, shape_share: float = 0.5) -> tuple[str, str]:
+def question(
+    shape: str,
+    colour: str,
+    rng: random.Random,
+    shape_share: float = 0.5,
+    yes_no_share: float = 0.5,
+    negated_share: float = 0.5,
+) -> tuple[str, str]:
     """A random (question, answer) about a picture of `colour` `shape`; yes and no equally likely.
 
-    `shape_share` of the questions are about the shape (open or yes/no), the rest about the colour.
+    `shape_share` of the questions are about the shape, the rest about the colour; `yes_no_share`
+    of them are yes/no questions, the rest open ones; `negated_share` of the yes/no questions are
+    negated ("is there not a ...?").
     """
-    if shape_share == 0.5:  # one draw, as the committed demo model's first runs were generated
+    # The draws below are the ones the committed demo model's runs were generated with: keep them.
+    if shape_share == 0.5 and yes_no_share == 0.5:
         kind = rng.choice(("shape", "colour", "shape?", "colour?"))
     else:
-        kind = ("shape" if rng.random() < shape_share else "colour") + rng.choice(("", "?"))
+        kind = "shape" if rng.random() < shape_share else "colour"
+        if yes_no_share == 0.5:
+            kind += rng.choice(("", "?"))
+        else:
+            kind += "?" if rng.random() < yes_no_share else ""
     if kind == "shape":
         return rng.choice(SHAPE_QUESTIONS).format(colour=colour), shape
     if kind == "colour":
@@ -77,14 +91,16 @@ def question(shape: str, colour: str, rng: random.Random, shape_share: float = 0
     truth, others = (shape, SHAPES) if kind == "shape?" else (colour, tuple(COLOURS))
     asked = truth if rng.random() < 0.5 else rng.choice([o for o in others if o != truth])
     noun = asked if kind == "shape?" else f"{asked} shape"
-    negated = rng.random() < 0.5
+    negated = rng.random() < negated_share
     template = rng.choice(ABSENCE if negated else PRESENCE)
     present = asked == truth
     return template.format(x=noun), "yes" if present != negated else "no"
 
 
-def sample(rng: random.Random, shape_share: float = 0.5) -> tuple[Image.Image, str, str, str, str]:
+def sample(
+    rng: random.Random, shape_share: float = 0.5, yes_no_share: float = 0.5, negated_share: float = 0.5
+) -> tuple[Image.Image, str, str, str, str]:
     """(picture, shape, colour, question, answer), all drawn at random."""
     shape, colour = rng.choice(SHAPES), rng.choice(tuple(COLOURS))
-    text, answer = question(shape, colour, rng, shape_share)
+    text, answer = question(shape, colour, rng, shape_share, yes_no_share, negated_share)
     return draw(shape, colour, rng), shape, colour, text, answer
