@@ -249,10 +249,11 @@ def auxiliary_targets(question: str, answer: str) -> tuple[int, int]:
     (1 or 0; -100 for open questions). Negated forms flip the answer, not the match."""
     words = question.replace("?", " ?").split()
     named = [NAMED.index(w) for w in words if w in NAMED]
+    word = named[0] if len(named) == 1 else -100
     if answer not in ("yes", "no"):
-        return (named[0] if len(named) == 1 else -100), -100
+        return word, -100
     negated = "not" in words or "no" in words
-    return (named[0] if len(named) == 1 else -100), int((answer == "yes") != negated)
+    return word, int((answer == "yes") != negated)
 
 
 # ---- training ------------------------------------------------------------------------------------
