@@ -45,6 +45,18 @@ def sharpened(model_and_processor):
     return model, processor
 
 
+@pytest.fixture(autouse=True)
+def isolated(tmp_path_factory, monkeypatch):
+    """Every test runs in an empty working directory with no user profiles, model or history, so
+    nothing a user left in ./profiles, $TOKENTRIM_PROFILE_DIR or ~/.config changes a result."""
+    home = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(home)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("TOKENTRIM_HISTORY", str(home / "history"))
+    for name in ("TOKENTRIM_PROFILE_DIR", "TOKENTRIM_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     return sharpened(build_random("tiny", seed=0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 import math
 
 import pytest
@@ -165,7 +167,7 @@ def test_st3_default_kv_target_on_the_llava_7b_shape():
     model, processor = build_random("llava-1.5-7b-narrow")
     loaded = Loaded(model, processor, LoadInfo("random:llava-1.5-7b-narrow", "random", "llava", "cpu", "float32", "none", "sdpa", 32, 0.0))
     question = "Describe the picture: which shape is it, what colour, how big, and where does it sit?"
-    image = load_image("tokentrim_cli/samples/red-circle.png")
+    image = load_image(str(resources.files("tokentrim_cli") / "samples" / "red-circle.png"))
     result = answer(loaded, load_profile("st3"), images=[image], prompt=question,
                     settings=GenerationSettings(max_new_tokens=128, ignore_eos=True))  # fmt: skip
     assert result.prompt_tokens - result.visual_tokens.before_trimming == 104

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from .errors import InputError, UsageError
-from .inputs import LoadedImage, read_image_records
+from .inputs import ImageRef, read_image_records
 
 BUILTIN_DATASET = "built-in (20 pictures of one coloured shape, tokentrim_cli/calibration_set)"
 KL_METRIC = "KL(P_trimmed || P_full) of the next-token distribution at the last prompt position, fp32"
@@ -29,7 +29,7 @@ MUSTDROP_PRESETS = (192, 128, 64)  # least to most aggressive
 
 @dataclass
 class Sample:
-    image: LoadedImage
+    image: ImageRef  # decoded when used
     prompt: str
 
 
@@ -126,7 +126,7 @@ def calibrate_vtw(loaded, dataset: Dataset, *, eta: float, min_layer: int | None
     started, per_sample = time.perf_counter(), []
     total = len(dataset.samples) * len(candidates)
     for index, sample in enumerate(dataset.samples):
-        captured = capture_layer_inputs(loaded.model, prepare_inputs(loaded, [sample.image], sample.prompt))
+        captured = capture_layer_inputs(loaded.model, prepare_inputs(loaded, [sample.image.load()], sample.prompt))
         row = []
         for position, layer in enumerate(candidates):
             row.append(kl_divergence(logits_after_withdrawal(loaded.model, captured, layer), captured.logits))
@@ -166,7 +166,7 @@ def _last_logits(loaded, sample: Sample, method):
     from .decoder import Trimmer
     from .generation import prepare_inputs
 
-    inputs = prepare_inputs(loaded, [sample.image], sample.prompt)
+    inputs = prepare_inputs(loaded, [sample.image.load()], sample.prompt)
     with torch.inference_mode():
         if method is None:
             return loaded.model(**inputs, logits_to_keep=1).logits[0, -1].float()

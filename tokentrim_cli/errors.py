@@ -29,6 +29,10 @@ class ProfileError(InputError):
     """A trimming profile that cannot be found, parsed or validated."""
 
 
+class OutputError(InputError):
+    """An output target that cannot be written: a directory, a full or read-only disk (exit 3, as bad input)."""
+
+
 class ModelUnavailableError(TokentrimError):
     """The model cannot be loaded: not found, not cached while offline, or not a LLaVA-family model."""
 
@@ -51,3 +55,15 @@ class UnsupportedError(TokentrimError):
     """The model or setting is outside what the trimming engine supports (e.g. sliding-window layers)."""
 
     exit_code = 3
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C (exit 143).
+
+    A BaseException, like KeyboardInterrupt, so `except Exception` never swallows it; not a
+    KeyboardInterrupt, so a chat's "Ctrl-C stops the answer" does not catch it.
+    """
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import EnvironmentProblem, UsageError
-from .inputs import LoadedImage, load_image, read_image_records
+from .inputs import ImageRef, read_image_records
 
 
 @dataclass
 class EvalSample:
-    image: LoadedImage
+    image: ImageRef | None  # decoded when its batch runs; None for a text-only sample
     prompt: str
     answers: list[str]  # any of them counts as correct
 
@@ -54,7 +54,8 @@ def load_jsonl(path: str, *, limit: int | None = None) -> EvalSet:
         return isinstance(record.get("prompt"), str) and bool(answers) and all(isinstance(a, str) for a in answers)
 
     pairs, sha256 = read_image_records(
-        path, valid=valid, expected='{"image": "...", "prompt": "...", "answer": "..." or [...]}', limit=limit
+        path, valid=valid, expected='{"image": "...", "prompt": "...", "answer": "..." or [...]}', limit=limit,
+        image_optional=True,
     )
     samples = [EvalSample(image=image, prompt=record["prompt"], answers=_answers(record)) for record, image in pairs]
     return EvalSet(samples=samples, name=path, sha256=sha256)
@@ -83,7 +84,8 @@ def load_easy_vqa(split: str, *, limit: int | None, seed: int) -> EvalSet:
     questions, answers, image_ids = getattr(easy_vqa, f"get_{split}_questions")()
     paths = getattr(easy_vqa, f"get_{split}_image_paths")()
     order = sample_indices(len(questions), limit=limit, seed=seed)
-    samples = [EvalSample(load_image(paths[image_ids[i]]), questions[i], [answers[i]]) for i in order]
+    samples = [EvalSample(ImageRef(paths[image_ids[i]], f"easy-vqa {split} question {i}"), questions[i], [answers[i]])
+               for i in order]  # fmt: skip
     digest = hashlib.sha256(json.dumps([split, seed, order]).encode())
     return EvalSet(samples=samples, name=f"easy-vqa {split} ({len(samples)} of {len(questions)}, seed {seed})", sha256=digest.hexdigest())
 
@@ -156,7 +158,8 @@ def evaluate(
         started = time.perf_counter()
         for start in range(0, len(evalset.samples), batch_size):
             batch = evalset.samples[start : start + batch_size]
-            texts, trace = answer_batch(loaded, profile, [([s.image], s.prompt) for s in batch], max_new_tokens=max_new_tokens)
+            requests = [([s.image.load()] if s.image else [], s.prompt) for s in batch]
+            texts, trace = answer_batch(loaded, profile, requests, max_new_tokens=max_new_tokens)
             for b, (sample, prediction) in enumerate(zip(batch, texts)):
                 row.predictions.append(prediction)
                 row.correct.append(exact_match(prediction, sample.answers))

@@ -53,6 +53,7 @@ class GenerationResult:
     kv_bytes: int
     timing: Timing
     images: list[dict] = field(default_factory=list)  # source, width, height
+    notes: list[str] = field(default_factory=list)  # what the user should know (a capped length, ...)
 
 
 class _Streamer:
@@ -180,13 +181,14 @@ def generate_messages(
     inputs = prepare_messages(loaded, images, messages)
     model, tokenizer = loaded.model, loaded.processor.tokenizer
     streamer = _Streamer(tokenizer, on_text)
-    kwargs = dict(max_new_tokens=settings.max_new_tokens, streamer=streamer, pad_token_id=tokenizer.pad_token_id)
+    max_new_tokens, notes = fit_new_tokens(loaded, inputs["input_ids"].shape[1], settings.max_new_tokens)
+    kwargs = dict(max_new_tokens=max_new_tokens, streamer=streamer, pad_token_id=tokenizer.pad_token_id)
     if settings.temperature > 0:
         kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     if settings.ignore_eos:
-        kwargs["min_new_tokens"] = settings.max_new_tokens
+        kwargs["min_new_tokens"] = max_new_tokens
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     stop = _StopWhen(should_stop) if should_stop else None
@@ -199,7 +201,31 @@ def generate_messages(
     result = _result(loaded, inputs, sequences, streamer, trimmer, images, started, finished)
     if stop and stop.fired:
         result.finish_reason = "interrupted"
+    result.notes = notes
     return result
+
+
+def context_length(loaded: Loaded) -> int:
+    """The positions the decoder was trained for (its RoPE table): prompt and answer together."""
+    text = loaded.model.config.text_config
+    return int(getattr(text, "max_position_embeddings", None) or 4096)
+
+
+def fit_new_tokens(loaded: Loaded, prompt_tokens: int, requested: int) -> tuple[int, list[str]]:
+    """`requested` capped at the context that remains after the prompt, and a note if it was capped.
+    A prompt that fills the context alone is an InputError."""
+    from .errors import InputError
+
+    context = context_length(loaded)
+    room = context - prompt_tokens
+    if room < 1:
+        raise InputError(
+            f"the prompt is {prompt_tokens} tokens, and the model's context holds {context}",
+            hint="fewer or smaller images, a shorter prompt, or /clear in a chat",
+        )
+    if requested <= room:
+        return requested, []
+    return room, [f"--max-new-tokens {requested} capped at {room}: the prompt takes {prompt_tokens} of the model's {context} positions"]
 
 
 def _result(loaded, inputs, sequences, streamer, trimmer, images, started, finished) -> GenerationResult:

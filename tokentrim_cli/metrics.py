@@ -296,6 +296,46 @@ def _account(row: Measurement, loaded, sample: dict, inputs: dict) -> None:
     row.peak_memory_bytes = sample["peak"]
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure (a plain RuntimeError)."""
+    if type(e).__name__ == "OutOfMemoryError" or isinstance(e, MemoryError):
+        return True
+    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+
+
+def available_memory() -> int:
+    """Bytes the process can still allocate on the host (psutil's "available")."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def generation_bytes(loaded, inputs: dict, *, max_new_tokens: int) -> int:
+    """A generous estimate of the memory one sequence needs beyond the weights: its KV cache at the
+    end of the answer, the prefill's largest activations (the MLP's, the attention scores if eager,
+    the logits) and the vision tower's; x1.5 for the allocator's slack."""
+    config = loaded.model.config
+    text, vision = config.text_config, config.vision_config
+    element = loaded.model.dtype.itemsize
+    tokens = int(inputs["input_ids"].shape[1]) + max_new_tokens
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * tokens * element
+    prefill = tokens * (4 * text.hidden_size + 3 * text.intermediate_size) * element
+    if getattr(text, "_attn_implementation", None) == "eager":
+        prefill += text.num_attention_heads * tokens * tokens * element
+    logits = text.vocab_size * 4 * 2
+    pixels = inputs.get("pixel_values")
+    images = 0 if pixels is None else int(pixels.shape[0]) * (pixels.shape[1] if pixels.ndim == 5 else 1)
+    patches = (vision.image_size // vision.patch_size) ** 2 + 1
+    vision_bytes = images * patches * (vision.hidden_size * 6 + vision.intermediate_size) * element
+    return int(1.5 * (kv + prefill + logits + vision_bytes))
+
+
+def largest_batch_by_estimate(loaded, inputs: dict, *, max_new_tokens: int) -> int:
+    """The largest batch of copies of `inputs` whose estimated memory fits what is available."""
+    return max(0, available_memory() // max(1, generation_bytes(loaded, inputs, max_new_tokens=max_new_tokens)))
+
+
 def largest_fitting_batch(loaded, inputs: dict, *, below: int, max_new_tokens: int) -> int:
     """The largest batch size under `below` that completes one stock answer, halving from `below`
     (a handful of tries); 0 if not even one sequence fits."""
@@ -307,7 +347,7 @@ def largest_fitting_batch(loaded, inputs: dict, *, below: int, max_new_tokens: i
             _one_run(loaded, None, batched(inputs, size), max_new_tokens)
             return size
         except Exception as e:  # noqa: BLE001 - only out-of-memory is expected here
-            if type(e).__name__ != "OutOfMemoryError":
+            if not is_out_of_memory(e):
                 raise
             if loaded.info.device.startswith("cuda"):
                 torch.cuda.empty_cache()

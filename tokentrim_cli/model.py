@@ -277,13 +277,22 @@ def load_llava(
     quantize: str = "none",
     attn_impl: str = "auto",
     seed: int = 0,
+    progress=None,
 ) -> Loaded:
-    """Load a LLaVA-family model and its processor. Raises ModelUnavailableError (exit 4) and friends."""
+    """Load a LLaVA-family model and its processor. Raises ModelUnavailableError (exit 4) and friends.
+
+    `progress(message)` hears about slow first-use steps (assembling the built-in model)."""
     started = time.perf_counter()
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     attn = "sdpa" if attn_impl == "auto" else attn_impl
-    if model_id.startswith("random:"):
+    if model_id.startswith(BUILTIN_PREFIX):
+        directory = builtin_directory(model_id, progress=progress)
+        model, processor, _, model_type = _load_pretrained(
+            str(directory), revision=None, offline=True, device=device, dtype=torch_dtype, quantize=quantize, attn=attn
+        )
+        revision_used = builtin_revision(model_id, directory)
+    elif model_id.startswith("random:"):
         model, processor = build_random(model_id.split(":", 1)[1], seed=seed, device=device, dtype=torch_dtype)
         if quantize != "none":
             model = _quantize_random(model, quantize, device, torch_dtype, attn)
@@ -332,6 +341,11 @@ def _quantization_config(quantize: str, dtype):
     )
 
 
+def hub_offline(offline: bool) -> bool:
+    """Whether the hub may not be contacted: --offline, or HF_HUB_OFFLINE set in the environment."""
+    return offline or os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "on", "yes", "true")
+
+
 def _load_pretrained(model_id, *, revision, offline, device, dtype, quantize, attn):
     import transformers
     from transformers import AutoConfig, AutoProcessor
@@ -339,15 +353,26 @@ def _load_pretrained(model_id, *, revision, offline, device, dtype, quantize, at
     from .errors import EnvironmentProblem, ModelUnavailableError
 
     local = Path(model_id).is_dir()
-    hub = dict(revision=revision, local_files_only=offline or local)
+    # Never run a checkpoint's own Python (an `auto_map` in its config): transformers would ask on
+    # stdin, and a `yes |` pipe would answer for the user.
+    hub = dict(revision=revision, local_files_only=offline or local, trust_remote_code=False)
     try:
         config = AutoConfig.from_pretrained(model_id, **hub)
     except (OSError, ValueError) as e:
-        where = "this directory" if local else ("the local Hugging Face cache (offline)" if offline else "the hub")
-        raise ModelUnavailableError(
-            f"cannot load '{model_id}' from {where}: {str(e).splitlines()[0]}",
-            hint="check the id or path; without network, pass --offline and a model already in the cache",
-        ) from None
+        if local:
+            where, hint = "this directory", "check that it holds a Hugging Face checkpoint (config.json)"
+        elif hub_offline(offline):
+            flag = "--offline" if offline else "HF_HUB_OFFLINE=1"
+            where = f"the local Hugging Face cache ({flag}: the hub is not contacted)"
+            hint = "download it once with network access, or check the id"
+        else:
+            where, hint = "the hub", "check the id; without network, pass --offline and use a model already in the cache"
+        if "trust_remote_code" in str(e) or "custom code" in str(e):
+            raise ModelUnavailableError(
+                f"'{model_id}' asks to run Python code shipped with the checkpoint (auto_map in its config)",
+                hint="tokentrim never runs a checkpoint's own code; LLaVA-family models load without it",
+            ) from None
+        raise ModelUnavailableError(f"cannot load '{model_id}' from {where}: {str(e).splitlines()[0]}", hint=hint) from None
     model_type = _check_family(config, model_id)  # before any weights are fetched
     model_class = getattr(transformers, LLAVA_FAMILY[model_type])
     kwargs = dict(dtype=dtype, attn_implementation=attn, **hub)
@@ -361,12 +386,25 @@ def _load_pretrained(model_id, *, revision, offline, device, dtype, quantize, at
     try:
         model = model_class.from_pretrained(model_id, **kwargs)
         processor = AutoProcessor.from_pretrained(model_id, **hub)
-    except OSError as e:
-        raise ModelUnavailableError(f"cannot load '{model_id}': {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint fails in many ways; memory is not one of them
+        if type(e).__name__ == "OutOfMemoryError" or isinstance(e, MemoryError):
+            raise
+        raise ModelUnavailableError(f"cannot load '{model_id}': {_weights_problem(e)}") from None
     if quantize == "none":
         model = model.to(device)
     revision_used = "local" if local else (getattr(config, "_commit_hash", None) or revision or "unknown")
     return model, processor, revision_used, model_type
+
+
+def _weights_problem(e: Exception) -> str:
+    """One line saying why a checkpoint's files did not load."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "weights_only" in str(e) or type(e).__name__ == "UnpicklingError":
+        return ("its weights are a pickle that torch refuses to load safely (weights_only); "
+                "tokentrim never unpickles arbitrary objects: convert the checkpoint to safetensors")  # fmt: skip
+    if type(e).__name__ == "SafetensorError" or "safetensors" in text.lower() or "header" in text.lower():
+        return f"its safetensors file is corrupt or truncated ({text})"
+    return f"{type(e).__name__}: {text}"
 
 
 def _quantize_random(model, quantize: str, device: str, dtype, attn: str):
@@ -384,21 +422,38 @@ def _quantize_random(model, quantize: str, device: str, dtype, attn: str):
         )
 
 
-def quiet_libraries() -> None:
-    """Silence transformers' progress bars and info logs, and a benign bitsandbytes warning.
+def quiet_libraries(*, download_progress: bool = False) -> None:
+    """Silence transformers' progress bars and info logs, and bitsandbytes' chatter.
 
     For command-line use, where stderr belongs to tokentrim's own spinner and summary lines.
+    `download_progress` keeps huggingface_hub's download bars (transformers' switch turns them off
+    too): a first download of a 7B checkpoint must show that it is moving.
     """
+    import logging
     import warnings
 
+    from huggingface_hub import utils as hub_utils
     from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    if download_progress:
+        hub_utils.enable_progress_bars()
     hf_logging.set_verbosity_error()
     hub_logging.set_verbosity_error()  # its retry chatter; the final error is ours to report
-    # bitsandbytes warns on every 8-bit matmul that fp32 inputs are cast to fp16: expected, not news.
+    # bitsandbytes logs through `logging` (hundreds of lines for 8-bit on CPU, a kernels notice for
+    # 4-bit), which a warnings filter does not catch; errors still show.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # It also warns on every 8-bit matmul that fp32 inputs are cast to fp16: expected, not news.
     warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    warnings.filterwarnings("ignore", module="bitsandbytes")
+
+
+def needs_download_progress(model_id: str, *, offline: bool) -> bool:
+    """Whether loading may download from the hub (then a spinner would fight the download bars)."""
+    if model_id.startswith((BUILTIN_PREFIX, "random:")) or Path(model_id).is_dir():
+        return False
+    return not hub_offline(offline)
 
 
 def shape_table() -> list[tuple[str, str]]:
@@ -406,11 +461,74 @@ def shape_table() -> list[tuple[str, str]]:
     return [(f"random:{name}", shape.description) for name, shape in SHAPES.items()]
 
 
-# The demo model trained here (scripts/train_demo_model.py): an ordinary Hugging Face checkpoint
-# directory shipped inside the package, loaded like any other local directory.
+# ---- built-in models -----------------------------------------------------------------------------
+
+BUILTIN_PREFIX = "builtin:"
+# The old easy-VQA demo model trained here from scratch (scripts/train_demo_model.py): an ordinary
+# checkpoint directory shipped inside the package. Kept for the easy-VQA history in benchmarks/.
 DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"
+BUILTIN_MODELS = {
+    "builtin:scenes": "DINOv2 ViT-S/14 + SmolLM2-135M-Instruct, projector and LoRA trained here on synthetic "
+                      "scenes (576 visual tokens, 30 layers); assembled on first use (tokentrim_cli/assembly.py)",
+    "builtin:easy-vqa": "the earlier 2.1 M-parameter demo model: one coloured shape on a 64x64 picture, "
+                        "easy-VQA questions, one-word answers (256 visual tokens, 32 layers)",
+}  # fmt: skip
+DEFAULT_MODEL = "builtin:scenes"
+MODEL_NOTES = {
+    "builtin:scenes": "builtin:scenes was trained only on synthetic scenes of 3-8 coloured shapes "
+                      "(tokentrim_cli/scenes.py); it does not understand photographs. Use -m for a real checkpoint.",
+    "builtin:easy-vqa": "builtin:easy-vqa knows one coloured circle, rectangle or triangle on a plain picture, nothing else.",
+}  # fmt: skip
 
 
 def default_model_id() -> str:
-    """$TOKENTRIM_MODEL, else the bundled demo model."""
-    return os.environ.get("TOKENTRIM_MODEL") or str(DEMO_MODEL)
+    """$TOKENTRIM_MODEL, else the built-in scenes model."""
+    return os.environ.get("TOKENTRIM_MODEL") or DEFAULT_MODEL
+
+
+def model_note(model_id: str) -> str | None:
+    """What a built-in model was trained on, to say once when it is used."""
+    return MODEL_NOTES.get(model_id)
+
+
+def builtin_directory(model_id: str, *, progress=None) -> Path:
+    from .errors import ModelUnavailableError
+
+    if model_id == "builtin:easy-vqa":
+        return DEMO_MODEL
+    if model_id == "builtin:scenes":
+        from .assembly import ensure_assembled
+
+        return ensure_assembled(progress)
+    raise ModelUnavailableError(f"unknown built-in model '{model_id}'", hint=f"built-in models: {', '.join(BUILTIN_MODELS)}")
+
+
+def builtin_revision(model_id: str, directory: Path) -> str:
+    """What a calibrated profile ties itself to: the assembly's fingerprint, or "local"."""
+    if model_id == "builtin:scenes":
+        return "scenes-" + directory.name.removeprefix("scenes-")
+    return "local"
+
+
+def peek_layers(model_id: str, *, revision: str | None = None, offline: bool = False) -> tuple[str, int] | None:
+    """(model type, decoder layers) from the configuration alone, without loading weights: a profile
+    that does not fit is refused in a second, not after loading 14 GB. None when it cannot be read
+    cheaply (then the check happens after loading)."""
+    if model_id.startswith("random:"):
+        shape = SHAPES.get(model_id.split(":", 1)[1])
+        return (shape.model_type, shape.text["num_hidden_layers"]) if shape else None
+    if model_id == "builtin:scenes":
+        from .assembly import TEXT_LAYERS
+
+        return "llava", TEXT_LAYERS
+    directory = DEMO_MODEL if model_id == "builtin:easy-vqa" else None
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(
+            str(directory or model_id), revision=revision, trust_remote_code=False,
+            local_files_only=offline or directory is not None or Path(model_id).is_dir(),
+        )  # fmt: skip
+        return config.model_type, config.text_config.num_hidden_layers
+    except Exception:  # noqa: BLE001 - the full load reports the real problem
+        return None

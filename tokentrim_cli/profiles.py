@@ -1,8 +1,11 @@
 """Trimming profiles: TOML files that name a method, its parameters and a position policy (cli.md).
 
 Lookup order for a name: an explicit path, then `./profiles/NAME.toml`, then `$TOKENTRIM_PROFILE_DIR`,
-then the profiles shipped with the package. Validation is strict: an unknown key is an error that
-names the file, the key and the closest valid key; an out-of-range value names the range.
+then the user's profile folder (`$XDG_CONFIG_HOME/tokentrim/profiles`, default
+`~/.config/tokentrim/profiles`), then the profiles shipped with the package. Validation is strict and
+complete: what `tokentrim profiles validate` accepts, every command accepts (an unknown key names
+the file, the key and the closest valid key; an out-of-range value names the range). Nothing is ever
+written inside the installed package.
 """
 
 from __future__ import annotations
@@ -60,17 +63,27 @@ def _check_keys(where: str, table: dict, allowed) -> None:
             raise ProfileError(f"{where}: unknown key '{key}'{_closest(key, allowed)}; allowed: {', '.join(allowed)}")
 
 
+def _check_applies_to(source: str, table: dict) -> None:
+    for key in ("models", "architectures"):
+        if key in table and not (isinstance(table[key], list) and all(isinstance(v, str) for v in table[key])):
+            raise ProfileError(f"{source}: [applies_to] '{key}' must be a list of strings, got {table[key]!r}")
+    if "revision" in table and not isinstance(table["revision"], str):
+        raise ProfileError(f"{source}: [applies_to] 'revision' must be a string, got {table['revision']!r}")
+
+
 def parse_profile(text: str, *, source: str) -> Profile:
     """Parse and validate one profile's TOML text. `source` names the file in every error."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{source}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ProfileError(f"{source}: not valid TOML: nested too deeply") from None
     _check_keys(source, data, TOP_LEVEL_KEYS)
     for key in ("schema_version", "name", "method"):
         if key not in data:
             raise ProfileError(f"{source}: missing required key '{key}'")
-    if data["schema_version"] != SCHEMA_VERSION:
+    if type(data["schema_version"]) is not int or data["schema_version"] != SCHEMA_VERSION:  # true == 1 in Python
         raise ProfileError(
             f"{source}: schema_version {data['schema_version']!r} is not supported (this tokentrim reads {SCHEMA_VERSION})"
         )
@@ -89,6 +102,7 @@ def parse_profile(text: str, *, source: str) -> Profile:
             raise ProfileError(f"{source}: [{table}] must be a table")
         if allowed is not None and table in data:
             _check_keys(f"{source}: [{table}]", data[table], allowed)
+    _check_applies_to(source, data.get("applies_to", {}))
     config_cls = get_method(data["method"]).config_cls
     try:
         params = config_cls.from_dict(data.get("params", {}))
@@ -111,10 +125,17 @@ def _builtin_dir():
     return resources.files("tokentrim_cli") / "profiles"
 
 
+def user_profile_dir() -> Path:
+    """The user's own profiles: $XDG_CONFIG_HOME/tokentrim/profiles (default ~/.config/...)."""
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "tokentrim" / "profiles"
+
+
 def _search_dirs() -> list[tuple[str, Any]]:
     dirs: list[tuple[str, Any]] = [("./profiles", Path("profiles"))]
     if env := os.environ.get("TOKENTRIM_PROFILE_DIR"):
         dirs.append((env, Path(env)))
+    dirs.append((str(user_profile_dir()), user_profile_dir()))
     dirs.append(("built-in", _builtin_dir()))
     return dirs
 
@@ -129,16 +150,31 @@ def find_profile(name_or_path: str) -> tuple[str, str]:
     for _, directory in _search_dirs():
         candidate = directory / f"{name_or_path}.toml"
         if candidate.is_file():
-            return str(candidate), candidate.read_text(encoding="utf-8")
+            return str(candidate), _read(candidate)
     known = ", ".join(sorted(available_profiles()))
     raise ProfileError(f"unknown profile '{name_or_path}'{_closest(name_or_path, available_profiles())}; known: {known}")
 
 
-def _read(path: Path) -> str:
+MAX_PROFILE_BYTES = 1024 * 1024
+
+
+def _read(path) -> str:
+    from .errors import InputError
+    from .inputs import open_regular
+
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ProfileError(f"{path}: cannot read: {e}") from None
+        with open_regular(str(path)) as handle:
+            data = handle.read(MAX_PROFILE_BYTES + 1)
+    except InputError as e:
+        raise ProfileError(str(e)) from None
+    except OSError as e:
+        raise ProfileError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ProfileError(f"{path}: larger than {MAX_PROFILE_BYTES // 1024} KiB: not a trimming profile")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def load_profile(name_or_path: str) -> Profile:
@@ -150,12 +186,26 @@ def available_profiles() -> dict[str, str]:
     """name -> source of every profile reachable by name (earlier directories win)."""
     found: dict[str, str] = {}
     for label, directory in _search_dirs():
-        if not directory.is_dir():
-            continue
-        for entry in sorted(directory.iterdir(), key=lambda e: e.name):
+        try:
+            entries = sorted(directory.iterdir(), key=lambda e: e.name) if directory.is_dir() else []
+        except OSError:
+            continue  # an unreadable folder hides nothing else
+        for entry in entries:
             if entry.name.endswith(".toml"):
                 found.setdefault(entry.name.removesuffix(".toml"), f"{label}/{entry.name}")
     return found
+
+
+def list_profiles() -> tuple[list[Profile], list[ProfileError]]:
+    """Every profile reachable by name that loads, and the errors of those that do not: one bad file
+    in ./profiles must not hide the others."""
+    good, bad = [], []
+    for name in available_profiles():
+        try:
+            good.append(load_profile(name))
+        except ProfileError as e:
+            bad.append(e)
+    return good, bad
 
 
 def check_fits(profile: Profile, *, model_id: str, model_type: str, num_layers: int) -> None:
@@ -174,44 +224,42 @@ def check_fits(profile: Profile, *, model_id: str, model_type: str, num_layers: 
 
 def dump_profile(profile: Profile) -> str:
     """TOML text for a profile (used by `calibrate`); parse_profile(dump_profile(p)) == p."""
-    lines = [
-        f"schema_version = {SCHEMA_VERSION}",
-        f"name = {_toml(profile.name)}",
-        f"description = {_toml(profile.description)}",
-        f"method = {_toml(profile.method)}",
-        f"position_policy = {_toml(profile.position_policy)}",
-        "",
-        "[params]",
-        *(f"{k} = {_toml(v)}" for k, v in profile.params.to_dict().items()),
-    ]
+    import tomli_w
+
+    document: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "name": profile.name,
+        "description": profile.description,
+        "method": profile.method,
+        "position_policy": profile.position_policy,
+        "params": profile.params.to_dict(),
+    }
     for table in ("applies_to", "calibration"):
-        values = getattr(profile, table)
-        if values:
-            lines += ["", f"[{table}]", *(f"{k} = {_toml(v)}" for k, v in values.items())]
-    return "\n".join(lines) + "\n"
+        if values := getattr(profile, table):
+            document[table] = values
+    return tomli_w.dumps(document)
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+def check_outside_package(path: str | Path) -> None:
+    """Refuse to write inside the installed package (its profiles/ folder is the built-in set)."""
+    package = Path(__file__).resolve().parent
+    real = Path(os.path.realpath(Path(path).expanduser()))
+    if real == package or package in real.parents:
+        raise ProfileError(
+            f"{path}: refusing to write inside the installed package ({package})",
+            hint=f"write to ./profiles/ or {user_profile_dir()} (both are searched by name)",
+        )
+
+
+def profile_text(profile: Profile, *, source: str) -> str:
+    """The TOML text of `profile`, checked to parse back to the same parameters."""
+    text = dump_profile(profile)
+    if parse_profile(text, source=source).params != profile.params:
+        raise ProfileError(f"{source}: the profile would not read back as written")
+    return text
 
 
 def write_profile(profile: Profile, path: str | Path) -> Path:
-    """Write `profile` as TOML atomically (a temporary file, then a rename), after checking that
-    what is written parses back to the same parameters."""
-    path = Path(path)
-    text = dump_profile(profile)
-    if parse_profile(text, source=str(path)).params != profile.params:
-        raise ProfileError(f"{path}: the profile would not read back as written")
-    try:
-        return write_text_atomic(path, text)
-    except OSError as e:
-        raise ProfileError(f"{path}: cannot write ({e.strerror})") from None
+    """Write `profile` as TOML atomically (a temporary file, then a rename), never inside the package."""
+    check_outside_package(path)
+    return write_text_atomic(path, profile_text(profile, source=str(path)))

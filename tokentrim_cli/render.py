@@ -4,21 +4,41 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from .errors import EnvironmentProblem
-from .files import atomic_path
 from .metrics import FLOPS_FORMULA, Stats
+
+
+# C0 controls but tab and newline, DEL and C1 controls: what can move a terminal's cursor, clear it,
+# set its title or colours. Text from outside (file names, profile fields, servers, model output)
+# passes through terminal_safe() before it is printed.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: object, *, keep_newlines: bool = True) -> str:
+    """`text` with control characters written as visible escapes (ESC -> \\x1b)."""
+    text = str(text)
+    if not keep_newlines:
+        text = text.replace("\n", "\\n")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def model_text(text: str) -> str:
+    """A model's output for a terminal: control characters (but tab and newline) become U+FFFD."""
+    return _CONTROL.sub("\ufffd", text)
 
 
 def visual_accounting_line(result) -> str:
     """`cat.jpg 1024x768 -> 576 visual tokens -> 576 in -> 288 kept (layer-avg 432.0)` (cli.md):
     produced by the processor, entering the language model, reaching its last layer."""
-    images = ", ".join(f"{i['source']} {i['width']}x{i['height']}" for i in result.images) or "no image"
+    images = ", ".join(f"{terminal_safe(i['source'])} {i['width']}x{i['height']}" for i in result.images) or "no image"
     visual = result.visual_tokens
     return (
         f"{images} -> {visual.before_trimming} visual tokens -> {visual.input} in -> {visual.per_layer[-1]} kept "
@@ -28,10 +48,14 @@ def visual_accounting_line(result) -> str:
 
 def generation_summary(result, *, verbose: bool = False) -> str:
     timing = result.timing
+    # A rate needs two tokens or more: the first one's time is the TTFT.
+    rate = f"{timing.decode_tokens_per_s:.1f} tok/s" if result.new_tokens > 1 else "- tok/s"
     line = (
         f"{visual_accounting_line(result)} | TTFT {timing.ttft_s:.3f} s | "
-        f"{timing.decode_tokens_per_s:.1f} tok/s | {result.new_tokens} tokens ({result.finish_reason})"
+        f"{rate} | {result.new_tokens} tokens ({result.finish_reason})"
     )
+    if not result.text.strip():
+        line += " | empty answer (the model ended its turn at once)"
     if result.finish_reason == "length":
         line += " | stopped at --max-new-tokens"
     if verbose:
@@ -63,15 +87,30 @@ def to_json(document: dict) -> str:
     return json.dumps(document, indent=2, sort_keys=False)
 
 
+def cell(value: object) -> Text:
+    """A table cell shown exactly as written: no Rich markup ("[calibration]" stays), controls escaped."""
+    return Text(terminal_safe(value))
+
+
 def profiles_table(profiles: list) -> Table:
     table = Table(title="Trimming profiles (parameters: tokentrim profiles show NAME)")
-    table.add_column("name", no_wrap=True)
+    table.add_column("name", no_wrap=True, max_width=24, overflow="ellipsis")
     table.add_column("method", no_wrap=True)
-    table.add_column("description")
-    table.add_column("source", overflow="fold")
+    table.add_column("description", ratio=1, min_width=24)
+    table.add_column("file", no_wrap=True, max_width=28, overflow="ellipsis")
     for profile in profiles:
-        table.add_row(profile.name, profile.method, profile.description, profile.source)
+        table.add_row(cell(profile.name), cell(profile.method), cell(profile.description), cell(_short_source(profile.source)))
     return table
+
+
+def _short_source(source: str) -> str:
+    """"built-in/fastv.toml" for a shipped profile; a long path keeps its last two parts, so that
+    the column never wraps in the middle of a name."""
+    path = Path(source)
+    if path.parent == Path(__file__).resolve().parent / "profiles":
+        return f"built-in/{path.name}"
+    parts = path.parts
+    return source if len(parts) <= 2 else str(Path("…", *parts[-2:]))
 
 
 def key_value_table(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -131,17 +170,41 @@ def calibration_document(result, *, dataset, profile_path: str, versions: dict) 
     }
 
 
+PLOT_INSTALL_HINT = "pip install matplotlib (or, in a checkout: pip install -e '.[plot]')"
+MIN_RUNS_TO_COMPARE = 5  # fewer runs than this: the p10-p90 spread cannot separate profiles
+
+
 def check_plotting() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise EnvironmentProblem("--plot needs matplotlib", hint="pip install 'tokentrim-cli[plot]'") from None
+        raise EnvironmentProblem("--plot needs matplotlib", hint=PLOT_INSTALL_HINT) from None
+
+
+def plot_format(path: str | Path) -> str:
+    """The image format a --plot path asks for (from its extension); refused before any work when
+    matplotlib cannot write it or the path cannot be written."""
+    from .errors import OutputError
+    from .files import check_writable
+
+    check_plotting()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    check_writable(path)
+    supported = sorted(FigureCanvasAgg(Figure()).get_supported_filetypes())
+    extension = Path(str(path)).suffix.lower().lstrip(".")
+    if not extension:
+        raise OutputError(f"--plot {path}: give the file an extension (.png, .pdf, .svg)")
+    if extension not in supported:
+        raise OutputError(f"--plot {path}: matplotlib cannot write '.{extension}' files; it writes {', '.join(supported)}")
+    return extension
 
 
 @contextlib.contextmanager
-def _figure(path: str | Path, **subplots):
-    """Yield (figure, axes) from matplotlib's file-only backend; on exit the figure is saved
-    atomically to `path` and closed, whatever happened."""
+def _figure(path: str | Path, fmt: str, **subplots):
+    """Yield (figure, axes) from matplotlib's file-only backend; on exit the figure is saved to
+    `path` (a temporary file of the caller's staged outputs) in `fmt`, and closed."""
     check_plotting()
     import matplotlib
 
@@ -151,25 +214,42 @@ def _figure(path: str | Path, **subplots):
     figure, axes = plt.subplots(**subplots)
     try:
         yield figure, axes
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
+        try:
+            figure.savefig(path, dpi=120, bbox_inches="tight", format=fmt)
+        except OSError as e:
+            from .errors import OutputError
+
+            raise OutputError(f"{path}: cannot write the plot ({e.strerror or e})") from None
     finally:
         plt.close(figure)
 
 
-def plot_kl_curve(result, path: str | Path) -> None:
-    """The mean KL over the knob, the threshold as a line, the chosen setting marked."""
+def _model_line(provenance: dict) -> str:
+    model = provenance.get("model", {})
+    return f"{model.get('model_id', '?')} ({model.get('dtype', '?')}) on {provenance.get('device_name', '?')}"
+
+
+def plot_kl_curve(result, path: str | Path, *, fmt: str = "png", provenance: dict | None = None) -> None:
+    """The mean KL over the knob, the threshold as a line, the chosen setting marked (or "none
+    qualified" written on the plot)."""
     values = [value for value, _ in result.curve]
     kls = [max(kl, 1e-12) for _, kl in result.curve]
-    with _figure(path, figsize=(6, 3.5)) as (_, axis):
+    with _figure(path, fmt, figsize=(6.5, 3.8)) as (_, axis):
         axis.semilogy(values, kls, marker="o", label="mean KL")
         axis.axhline(result.threshold, color="tab:red", linestyle="--", label=f"threshold {result.threshold:g}")
         if result.qualified:
+            chosen_kl = dict(result.curve).get(result.chosen)
             axis.axvline(result.chosen, color="tab:green", linestyle=":", label=f"chosen {result.knob} = {result.chosen:g}")
+            if chosen_kl is not None:
+                axis.plot([result.chosen], [max(chosen_kl, 1e-12)], marker="*", markersize=14, color="tab:green")
+        else:
+            axis.text(0.5, 0.5, "none qualified: the profile trims nothing", transform=axis.transAxes,
+                      ha="center", va="center", color="tab:red", fontsize=11)  # fmt: skip
         axis.set_xlabel(result.knob)
         axis.set_ylabel("KL(P_trimmed || P_full)")
-        axis.set_title(f"{result.method} calibration, {result.samples} samples")
-        axis.legend()
+        where = f"\n{_model_line(provenance)}" if provenance else ""
+        axis.set_title(f"{result.method} calibration: {result.samples} samples{where}", fontsize=10)
+        axis.legend(fontsize=8)
 
 
 def _mib(value: int | None) -> str:
@@ -234,22 +314,41 @@ def report_document(report) -> dict:
     }
 
 
-def plot_report(report, path: str | Path) -> None:
-    """Measured vs FLOPs-implied TTFT speed-up, and KV memory at the end, per configuration."""
+def runs_warning(report) -> str | None:
+    """A warning when too few runs were measured for the spread to separate profiles."""
+    runs = report.settings["runs"]
+    if runs < MIN_RUNS_TO_COMPARE:
+        return (f"only {runs} run{'s' * (runs != 1)} per profile: differences within the p10-p90 spread are noise "
+                f"(use --runs {max(10, MIN_RUNS_TO_COMPARE)} or more to compare profiles)")  # fmt: skip
+    return None
+
+
+def plot_report(report, path: str | Path, *, fmt: str = "png") -> None:
+    """Measured (median, p10-p90) vs FLOPs-implied TTFT speed-up, and KV memory at the end, per configuration."""
     names = [row.name for row in report.rows]
     x = list(range(len(names)))
-    with _figure(path, ncols=2, figsize=(11, 4)) as (_, (left, right)):
-        measured = [report.speedup(n).median for n in names]
+    settings = report.settings
+    with _figure(path, fmt, ncols=2, figsize=(12, 4.6)) as (figure, (left, right)):
+        stats = [report.speedup(n) for n in names]
+        measured = [s.median for s in stats]
+        spread = [[s.median - s.p10 for s in stats], [s.p90 - s.median for s in stats]]
         implied = [report.flops_speedup(n) for n in names]
-        left.bar([i - 0.2 for i in x], measured, width=0.4, label="measured TTFT speed-up")
-        left.bar([i + 0.2 for i in x], implied, width=0.4, label="FLOPs-implied")
+        left.bar([i - 0.2 for i in x], measured, width=0.4, yerr=spread, capsize=3, label="measured (median, p10-p90)")
+        left.bar([i + 0.2 for i in x], implied, width=0.4, label="decoder-FLOPs-implied")
         left.set_xticks(x, names, rotation=30, ha="right")
         left.axhline(1.0, color="gray", linewidth=0.8)
-        left.set_title(f"speed-up vs {report.reference}")
-        left.legend()
+        left.set_ylabel(f"TTFT speed-up vs {report.reference} (x)")
+        left.set_title("time to first token")
+        left.legend(fontsize=8)
         right.bar(x, [row.kv_bytes_end / 2**20 for row in report.rows], color="tab:orange")
         right.set_xticks(x, names, rotation=30, ha="right")
-        right.set_title(f"KV cache after {report.settings['max_new_tokens']} tokens (MiB)")
+        right.set_ylabel("MiB")
+        right.set_title(f"KV cache after {settings['max_new_tokens']} tokens")
+        title = (f"{_model_line(report.provenance)}, batch {settings['batch_size']}, "
+                 f"median of {settings['runs']} runs")  # fmt: skip
+        if warning := runs_warning(report):
+            title += f"\n{warning}"
+        figure.suptitle(title, fontsize=10)
 
 
 def _share(value: float | None) -> str:
@@ -302,13 +401,35 @@ def eval_document(report) -> dict:
     }
 
 
-def plot_eval(report, path: str | Path) -> None:
-    """Accuracy against the prefill FLOPs ratio, one point per profile: the Pareto picture."""
-    with _figure(path, figsize=(6, 4)) as (_, axis):
-        for row in report.rows:
-            x, y = report.flops_ratio(row), row.accuracy * 100
-            axis.scatter([x], [y])
-            axis.annotate(row.name, (x, y), textcoords="offset points", xytext=(4, 4))
+def pareto_frontier(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats (less or equal cost, more or equal accuracy, one
+    of them strictly), sorted by cost."""
+    frontier = []
+    for i, (cost, accuracy) in enumerate(points):
+        dominated = any(
+            (c <= cost and a >= accuracy) and (c < cost or a > accuracy) for j, (c, a) in enumerate(points) if j != i
+        )
+        if not dominated:
+            frontier.append(i)
+    return sorted(frontier, key=lambda i: points[i])
+
+
+def plot_eval(report, path: str | Path, *, fmt: str = "png") -> None:
+    """Accuracy against the prefill FLOPs ratio, one point per profile, the Pareto frontier drawn."""
+    rows = report.rows
+    points = [(report.flops_ratio(row), row.accuracy * 100) for row in rows]
+    frontier = pareto_frontier(points)
+    with _figure(path, fmt, figsize=(7, 4.8)) as (_, axis):
+        axis.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue", zorder=3)
+        axis.plot([points[i][0] for i in frontier], [points[i][1] for i in frontier], color="tab:green",
+                  linestyle="--", zorder=2, label="Pareto frontier")  # fmt: skip
+        # Labels alternate above and below and fan out, so close points do not print on each other.
+        order = sorted(range(len(rows)), key=lambda i: points[i])
+        for rank, i in enumerate(order):
+            offset = (6, 8 + 10 * (rank % 3)) if rank % 2 == 0 else (6, -14 - 10 * (rank % 3))
+            axis.annotate(rows[i].name, points[i], textcoords="offset points", xytext=offset, fontsize=8,
+                          arrowprops=dict(arrowstyle="-", color="gray", linewidth=0.5))  # fmt: skip
         axis.set_xlabel("decoder prefill FLOPs (ratio to the reference)")
-        axis.set_ylabel("exact-match accuracy (%)")
-        axis.set_title(f"{report.dataset}, {report.samples} samples")
+        axis.set_ylabel("accuracy (%)")
+        axis.set_title(f"{report.dataset}\n{_model_line(report.provenance)}", fontsize=9)
+        axis.legend(fontsize=8)

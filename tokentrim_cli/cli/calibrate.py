@@ -12,19 +12,10 @@ from ..errors import InputError, UsageError
 from . import app, err, out, reports_errors
 from .loading import load_model
 from .options import (
-    AttnImpl,
-    AttnOpt,
-    DeviceOpt,
-    DType,
-    DTypeOpt,
     JsonOpt,
-    ModelOpt,
-    OfflineOpt,
-    Quantize,
-    QuantizeOpt,
+    ModelOptions,
     QuietOpt,
-    RevisionOpt,
-    check_device,
+    with_model_options,
 )
 
 
@@ -49,6 +40,7 @@ class CalibrateMethod(str, enum.Enum):
     )
 )
 @reports_errors
+@with_model_options
 def calibrate(
     method: Annotated[CalibrateMethod, typer.Option("--method", help="The method to calibrate.")] = CalibrateMethod.vtw,
     data: Annotated[
@@ -61,41 +53,42 @@ def calibrate(
     kl_budget: Annotated[float | None, typer.Option("--kl-budget", help="FastV, ST3, MustDrop: the mean KL allowed.")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Profile to write (default: profiles/<method>-<model>.toml).")] = None,
     plot: Annotated[str | None, typer.Option("--plot", help="Also draw the KL curve to this PNG file.")] = None,
-    model: ModelOpt = None,
-    revision: RevisionOpt = None,
-    offline: OfflineOpt = False,
-    device: DeviceOpt = "auto",
-    dtype: DTypeOpt = DType.auto,
-    quantize: QuantizeOpt = Quantize.none,
-    attn_impl: AttnOpt = AttnImpl.auto,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
 ) -> None:
-    from .. import __version__, calibration, metrics, profiles, render
+    from .. import __version__, calibration, files, metrics, profiles, render
+    from .. import model as model_lib
 
-    device = check_device(device)
     if method is CalibrateMethod.vtw and eta <= 0:
         raise InputError(f"--eta must be > 0, got {eta}")
     if method is not CalibrateMethod.vtw and kl_budget is None:
         raise UsageError(f"--method {method.value} needs --kl-budget (the mean KL allowed)")
-    if plot:
-        render.check_plotting()
+    if output is not None and not output.strip():
+        raise UsageError("--output is empty (leave it out for profiles/<method>-<model>.toml)")
+    model_id = model_options.model or model_lib.default_model_id()
+    target = output or f"profiles/{method.value}-{calibration.model_slug(model_id)}.toml"
+    # Every output target is checked before the work starts, and written together at the end.
+    profiles.check_outside_package(target)
+    files.check_writable(target)
+    plot_fmt = render.plot_format(plot) if plot else None
     dataset = calibration.load_dataset(data, limit=samples)
-    loaded = load_model(
-        model, revision=revision, offline=offline, device=device, dtype=dtype, quantize=quantize,
-        attn_impl=attn_impl, quiet=quiet or as_json,
-    )  # fmt: skip
+    loaded = load_model(model_options, quiet=quiet or as_json)
     with render.progress_bar(f"Calibrating {method.value}", enabled=not (quiet or as_json) and err.is_terminal, console=err) as advance:
         if method is CalibrateMethod.vtw:
             result = calibration.calibrate_vtw(loaded, dataset, eta=eta, min_layer=min_layer, progress=advance)
         else:
             result = calibration.calibrate_knob(loaded, dataset, method=method.value, kl_budget=kl_budget, progress=advance)
     profile = calibration.calibrated_profile(result, loaded.info, dataset, version=__version__)
-    path = profiles.write_profile(profile, output or f"profiles/{profile.name}.toml")
-    if plot:
-        render.plot_kl_curve(result, plot)
+    provenance = metrics.provenance(loaded.info)
+    text = profiles.profile_text(profile, source=target)
+    with files.staged_outputs([target] + ([plot] if plot else [])) as staged:
+        files.write_text(staged[0], text)
+        if plot:
+            render.plot_kl_curve(result, staged[1], fmt=plot_fmt, provenance=provenance)
     if as_json:
-        document = render.calibration_document(result, dataset=dataset, profile_path=str(path), versions=metrics.provenance(loaded.info))
+        document = render.calibration_document(result, dataset=dataset, profile_path=str(target), versions=provenance)
         out.file.write(json.dumps(document, indent=2) + "\n")
         return
     out.print(render.calibration_table(result))
@@ -105,4 +98,4 @@ def calibrate(
             f"({result.knob} = {result.params.get(result.knob, result.chosen)}).",
             markup=False,
         )
-    out.print(f"Wrote {path} ({result.knob} = {result.chosen}; {result.samples} samples, {result.seconds:.1f} s)", markup=False)
+    out.print(render.cell(f"Wrote {target} ({result.knob} = {result.chosen}; {result.samples} samples, {result.seconds:.1f} s)"))

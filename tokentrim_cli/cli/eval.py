@@ -12,19 +12,10 @@ from ..errors import UsageError
 from . import app, err, out, reports_errors
 from .loading import load_model
 from .options import (
-    AttnImpl,
-    AttnOpt,
-    DeviceOpt,
-    DType,
-    DTypeOpt,
     JsonOpt,
-    ModelOpt,
-    OfflineOpt,
-    Quantize,
-    QuantizeOpt,
+    ModelOptions,
     QuietOpt,
-    RevisionOpt,
-    check_device,
+    with_model_options,
 )
 
 
@@ -45,6 +36,7 @@ class Dataset(str, enum.Enum):
     ),
 )
 @reports_errors
+@with_model_options
 def evaluate(
     profile: Annotated[list[str] | None, typer.Option("--profile", help="Trimming profile; repeatable; the first is the reference.")] = None,
     data: Annotated[
@@ -58,35 +50,26 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples per generate() call.")] = 8,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "--max-tokens", min=1, help="Answer length bound.")] = 16,
     plot: Annotated[str | None, typer.Option("--plot", help="Draw accuracy against FLOPs ratio to this PNG file.")] = None,
-    model: ModelOpt = None,
-    revision: RevisionOpt = None,
-    offline: OfflineOpt = False,
-    device: DeviceOpt = "auto",
-    dtype: DTypeOpt = DType.auto,
-    quantize: QuantizeOpt = Quantize.none,
-    attn_impl: AttnOpt = AttnImpl.auto,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
 ) -> None:
-    device = check_device(device)
     if (data is None) == (dataset is None):
         raise UsageError("give exactly one of --data FILE.jsonl and --dataset NAME")
-    from .. import evaluation, profiles, render
+    from .. import evaluation, files, profiles, render
 
-    if plot:
-        render.check_plotting()
+    plot_fmt = render.plot_format(plot) if plot else None  # checked before any work
     trimming = [profiles.load_profile(name) for name in (profile or ["baseline"])]
     evalset = evaluation.load_jsonl(data, limit=limit) if data else evaluation.load_easy_vqa(split, limit=limit, seed=seed)
-    loaded = load_model(
-        model, revision=revision, offline=offline, device=device, dtype=dtype, quantize=quantize,
-        attn_impl=attn_impl, quiet=quiet or as_json,
-    )  # fmt: skip
+    loaded = load_model(model_options, quiet=quiet or as_json)
     with render.progress_bar("Evaluating", enabled=not (quiet or as_json) and err.is_terminal, console=err) as advance:
         report = evaluation.evaluate(
             loaded, trimming, evalset, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=advance
         )
     if plot:
-        render.plot_eval(report, plot)
+        with files.staged_outputs([plot]) as (staged,):
+            render.plot_eval(report, staged, fmt=plot_fmt)
     if as_json:
         out.file.write(json.dumps(render.eval_document(report), indent=2) + "\n")
         return

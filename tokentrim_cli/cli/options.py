@@ -1,14 +1,23 @@
-"""Shared options and their defaults, in one visible block (cli.md "Flags")."""
+"""Shared options and their defaults, declared once (cli.md "Flags").
+
+`with_model_options` adds the model-loading options to a command: the command's function takes a
+`model_options: ModelOptions` instead of nine parameters, and `loading.load_model()` takes that.
+"""
 
 from __future__ import annotations
 
 import enum
+import functools
+import inspect
+import typing
+from dataclasses import dataclass, fields
 from typing import Annotated
 
 import typer
 
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_PROFILE = "baseline"
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
 
 
 class DType(str, enum.Enum):
@@ -30,29 +39,75 @@ class AttnImpl(str, enum.Enum):
     eager = "eager"
 
 
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model", "-m",
-        help="HF repo id, local directory, or random:<shape> (see `tokentrim env`). Default: the bundled demo model. Env: TOKENTRIM_MODEL.",
-        envvar="TOKENTRIM_MODEL", show_default=False,
-    ),
-]  # fmt: skip
-RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit of a hub model.")]
-OfflineOpt = Annotated[bool, typer.Option("--offline", help="Only use the local Hugging Face cache.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Weights and activations dtype (auto: fp16 on CUDA, fp32 on CPU).")]
-QuantizeOpt = Annotated[Quantize, typer.Option("--quantize", help="bitsandbytes quantization of the decoder.")]
-AttnOpt = Annotated[AttnImpl, typer.Option("--attn-impl", help="Attention implementation (auto = sdpa).")]
+def check_device(value: str) -> str:
+    """auto, cpu, cuda or cuda:N; anything else is a usage error (exit 2) before anything loads."""
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise typer.BadParameter(f"'{value}' is not auto, cpu, cuda or cuda:N")
+
+
+def check_threads(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise typer.BadParameter(f"must be at least 1, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which model to load and how: the same for every command."""
+
+    model: str | None = None
+    revision: str | None = None
+    offline: bool = False
+    device: str = "auto"
+    dtype: DType = DType.auto
+    quantize: Quantize = Quantize.none
+    attn_impl: AttnImpl = AttnImpl.auto
+    threads: int | None = None
+
+
+_MODEL_PARAMETERS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+    for name, default, annotation in (
+        ("model", None, Annotated[str | None, typer.Option(
+            "--model", "-m", metavar="ID|DIR|random:SHAPE", envvar="TOKENTRIM_MODEL", show_default=False,
+            help="HF repo id, local directory, builtin:scenes or random:<shape> (see `tokentrim env`). "
+                 "Default: the built-in scenes model.")]),
+        ("revision", None, Annotated[str | None, typer.Option("--revision", metavar="REV", help="Branch, tag or commit of a hub model.")]),
+        ("offline", False, Annotated[bool, typer.Option("--offline", help="Only use the local Hugging Face cache.")]),
+        ("device", "auto", Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda|cuda:N", callback=check_device,
+                                                       help="Where the model runs.")]),
+        ("dtype", DType.auto, Annotated[DType, typer.Option("--dtype", help="Weights and activations (auto: fp16 on CUDA, fp32 on CPU).")]),
+        ("quantize", Quantize.none, Annotated[Quantize, typer.Option("--quantize", help="bitsandbytes quantization of the decoder.")]),
+        ("attn_impl", AttnImpl.auto, Annotated[AttnImpl, typer.Option("--attn-impl", help="Attention implementation (auto = sdpa).")]),
+        ("threads", None, Annotated[int | None, typer.Option("--threads", metavar="N", callback=check_threads, show_default=False,
+                                                             help="CPU threads for torch (default: torch's choice).")]),
+    )  # fmt: skip
+]
+_MODEL_NAMES = [f.name for f in fields(ModelOptions)]
+
+
+def with_model_options(fn):
+    """Give a command the shared model options; it receives them as `model_options`."""
+    signature = inspect.signature(fn)
+    # A __signature__ is taken as is (string annotations are not evaluated): resolve them here.
+    hints = typing.get_type_hints(fn, include_extras=True)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
+           if p.name != "model_options"]  # fmt: skip
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        options = ModelOptions(**{name: kwargs.pop(name) for name in _MODEL_NAMES if name in kwargs})
+        return fn(*args, **kwargs, model_options=options)
+
+    wrapper.__signature__ = signature.replace(parameters=own + _MODEL_PARAMETERS)
+    return wrapper
+
+
 ProfileOpt = Annotated[
-    str, typer.Option("--profile", help="Trimming profile: a name (see `tokentrim profiles list`) or a TOML path.")
+    str, typer.Option("--profile", metavar="NAME|PATH", help="Trimming profile: a name (see `tokentrim profiles list`) or a TOML path.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No spinner, no summary line.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Per-layer visual tokens and KV entries.")]
-
-
-def check_device(value: str) -> str:
-    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-        return value
-    raise typer.BadParameter(f"'{value}' is not auto, cpu, cuda or cuda:N", param_hint="--device")
+SeedOpt = Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, metavar="N", help="Seed for sampling.")]

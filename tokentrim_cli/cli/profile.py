@@ -11,19 +11,10 @@ from ..errors import OutOfMemoryError, UsageError
 from . import app, err, out, reports_errors
 from .loading import load_model
 from .options import (
-    AttnImpl,
-    AttnOpt,
-    DeviceOpt,
-    DType,
-    DTypeOpt,
     JsonOpt,
-    ModelOpt,
-    OfflineOpt,
-    Quantize,
-    QuantizeOpt,
+    ModelOptions,
     QuietOpt,
-    RevisionOpt,
-    check_device,
+    with_model_options,
 )
 
 
@@ -41,6 +32,7 @@ from .options import (
     )
 )
 @reports_errors
+@with_model_options
 def profile(
     profiles_: Annotated[list[str] | None, typer.Option("--profile", help="Trimming profile to measure; repeatable.")] = None,
     compare: Annotated[
@@ -54,21 +46,15 @@ def profile(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="The same image and prompt this many times.")] = 1,
     no_stock: Annotated[bool, typer.Option("--no-stock", help="Skip the stock transformers row.")] = False,
     plot: Annotated[str | None, typer.Option("--plot", help="Draw speed-ups and KV memory to this PNG file.")] = None,
-    model: ModelOpt = None,
-    revision: RevisionOpt = None,
-    offline: OfflineOpt = False,
-    device: DeviceOpt = "auto",
-    dtype: DTypeOpt = DType.auto,
-    quantize: QuantizeOpt = Quantize.none,
-    attn_impl: AttnOpt = AttnImpl.auto,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
 ) -> None:
     from importlib import resources
 
     from .. import inputs
 
-    device = check_device(device)
     images = image or [str(resources.files("tokentrim_cli") / "samples" / "red-circle.png")]
     missing = inputs.check_image_paths(images)
     if missing:
@@ -77,16 +63,12 @@ def profile(
     names = list(dict.fromkeys(compare + (profiles_ or [])))
     if len(names) < 2 and no_stock:
         raise UsageError("give at least one --profile besides the --compare reference")
-    from .. import generation, metrics, profiles, render
+    from .. import files, generation, metrics, profiles, render
 
-    if plot:
-        render.check_plotting()
+    plot_fmt = render.plot_format(plot) if plot else None  # checked before any work
     trimming = {name: profiles.load_profile(name) for name in names}
     loaded_images = [inputs.load_image(source) for source in images]
-    loaded = load_model(
-        model, revision=revision, offline=offline, device=device, dtype=dtype, quantize=quantize,
-        attn_impl=attn_impl, quiet=quiet or as_json,
-    )  # fmt: skip
+    loaded = load_model(model_options, quiet=quiet or as_json)
     info = loaded.info
     for profile_ in trimming.values():
         profiles.check_fits(profile_, model_id=info.model_id, model_type=info.model_type, num_layers=info.num_layers)
@@ -96,6 +78,20 @@ def profile(
     if len(set(labels)) != len(labels) or "stock" in labels:
         raise UsageError(f"the measured profiles need distinct names other than 'stock', got {', '.join(labels)}")
     entries = ([] if no_stock else [("stock", None)]) + [(p.name, p) for p in trimming.values()]
+    single = generation.prepare_inputs(loaded, loaded_images, prompt)
+    room = generation.context_length(loaded) - single["input_ids"].shape[1]
+    if max_new_tokens > room:
+        raise UsageError(f"--max-new-tokens {max_new_tokens} does not fit: the prompt leaves {room} of the model's "
+                         f"{generation.context_length(loaded)} positions")  # fmt: skip
+    if info.device == "cpu":
+        # On the CPU an allocation too large for memory is not an exception but the OOM killer:
+        # estimate first, and refuse with the largest batch that fits.
+        fits = metrics.largest_batch_by_estimate(loaded, single, max_new_tokens=max_new_tokens)
+        if batch_size > fits:
+            raise OutOfMemoryError(
+                f"--batch-size {batch_size} needs more than the {metrics.available_memory() / 2**30:.1f} GiB of memory available",
+                hint=f"the largest batch that fits a {max_new_tokens}-token answer by estimate: {fits}",
+            )
     try:
         with render.progress_bar("Measuring", enabled=not (quiet or as_json) and err.is_terminal, console=err) as advance:
             report = metrics.measure(
@@ -103,19 +99,21 @@ def profile(
                 reference=trimming[compare[0]].name, progress=advance,
             )  # fmt: skip
     except Exception as e:
-        if type(e).__name__ != "OutOfMemoryError" or batch_size == 1:
+        if not metrics.is_out_of_memory(e) or batch_size == 1:
             raise
-        single = generation.prepare_inputs(loaded, loaded_images, prompt)
         fits = metrics.largest_fitting_batch(loaded, single, below=batch_size, max_new_tokens=max_new_tokens)
         raise OutOfMemoryError(
             f"--batch-size {batch_size} does not fit in {info.device} memory",
             hint=f"the largest batch that fits a {max_new_tokens}-token answer with stock transformers: {fits}",
         ) from None
     if plot:
-        render.plot_report(report, plot)
+        with files.staged_outputs([plot]) as (staged,):
+            render.plot_report(report, staged, fmt=plot_fmt)
     if as_json:
         out.file.write(json.dumps(render.report_document(report), indent=2) + "\n")
         return
     out.print(render.report_table(report))
+    if warning := render.runs_warning(report):
+        err.print(f"Note: {warning}", markup=False)
     if info.device == "cpu":
         err.print(f"CPU run: peak memory is the process's ({report.process_peak_rss_bytes / 2**20:.0f} MiB RSS over the whole run).", markup=False)

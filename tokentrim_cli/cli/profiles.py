@@ -28,13 +28,15 @@ app.add_typer(profiles_app, name="profiles")
 def list_profiles() -> None:
     from .. import profiles, render
 
-    loaded = [profiles.load_profile(name) for name in profiles.available_profiles()]
-    out.print(render.profiles_table(loaded))
+    good, bad = profiles.list_profiles()
+    out.print(render.profiles_table(good))
+    for error in bad:  # named, not fatal: one bad file must not hide the others
+        err.print(f"Warning: skipped {render.terminal_safe(error, keep_newlines=False)}", markup=False)
 
 
 @profiles_app.command("show", help="Print a profile's TOML and where it was found.")
 @reports_errors
-def show(name: Annotated[str, typer.Argument(help="Profile name or TOML path.")]) -> None:
+def show(name: Annotated[str, typer.Argument(metavar="NAME|PATH", help="Profile name or TOML path.")]) -> None:
     from .. import profiles
 
     source, text = profiles.find_profile(name)
@@ -45,8 +47,8 @@ def show(name: Annotated[str, typer.Argument(help="Profile name or TOML path.")]
 
 @profiles_app.command("validate", help="Check profile files strictly; exit 3 if any is invalid.")
 @reports_errors
-def validate(paths: Annotated[list[Path], typer.Argument(help="TOML files (or profile names).")]) -> None:
-    from .. import profiles
+def validate(paths: Annotated[list[Path], typer.Argument(metavar="FILE...", help="TOML files (or profile names).")]) -> None:
+    from .. import profiles, render
 
     failures = 0
     for path in paths:
@@ -54,8 +56,8 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="TOML files (or pr
             profile = profiles.load_profile(str(path))
         except ProfileError as e:
             failures += 1
-            err.print(f"invalid: {e}", markup=False)
+            err.print(f"invalid: {render.terminal_safe(e, keep_newlines=False)}", markup=False)
             continue
-        out.print(f"ok: {profile.source} ({profile.method})", markup=False)
+        out.print(f"ok: {render.terminal_safe(profile.source)} ({profile.method})", markup=False)
     if failures:
         raise typer.Exit(ProfileError.exit_code)

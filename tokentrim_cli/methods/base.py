@@ -33,6 +33,9 @@ import torch
 from torch import Tensor
 
 
+MAX_SEED = 2**63 - 1  # torch generators take a signed 64-bit seed
+
+
 class ParamError(ValueError):
     """A bad `[params]` entry: `key` names it so the profile loader can say where."""
 

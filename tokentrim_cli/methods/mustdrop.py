@@ -35,6 +35,8 @@ from .base import LayerState, Method, MethodConfig, ParamError, QuerySpec, Visio
 # The threshold presets of the reference scripts for LLaVA-1.5-7B (methods.md §3.3), by the
 # layer-averaged budget they were tuned to reach.
 THRESHOLD_PRESETS = {192: (0.001, 0.001), 128: (0.0012, 0.001), 64: (0.011, 0.01)}
+MAX_MERGE_WINDOW = 8
+MAX_VISION_LAYER = 47
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,10 +54,10 @@ class MustDropConfig(MethodConfig):
     output_aware_cache: bool = True
 
     def __post_init__(self) -> None:
-        if self.merge_window < 2:
-            raise ParamError("merge_window", f"'merge_window' must be >= 2, got {self.merge_window}")
-        if self.merge_after_vision_layer < 0:
-            raise ParamError("merge_after_vision_layer", "'merge_after_vision_layer' must be >= 0")
+        # Beyond these a setting cannot mean anything on any LLaVA-family tower (a window wider than
+        # the patch grid merges nothing; no tower has that many layers): refused, not ignored.
+        check_range("merge_window", self.merge_window, 2, MAX_MERGE_WINDOW)
+        check_range("merge_after_vision_layer", self.merge_after_vision_layer, 0, MAX_VISION_LAYER)
         check_range("merge_threshold", self.merge_threshold, -1.0, 2.0)
         check_range("key_fraction", self.key_fraction, 0.0, 1.0)
         check_range("global_threshold", self.global_threshold, 0.0, 1.0)

