@@ -29,7 +29,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tokentrim_cli.decoder import Trimmer  # noqa: E402
+from tokentrim_cli.engine import Trimmer  # noqa: E402
 from tokentrim_cli.generation import prepare_inputs  # noqa: E402
 from tokentrim_cli.inputs import LoadedImage  # noqa: E402
 from tokentrim_cli.methods import ST3, FastV, MustDrop, NoTrimming, VTW  # noqa: E402

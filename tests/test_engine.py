@@ -7,9 +7,9 @@ import torch
 from conftest import PROMPTS, make_inputs
 from oracle import NEVER, MaskedReference, eager_attentions
 
-from tokentrim_cli.decoder import Trimmer
+from tokentrim_cli.engine import Trimmer
 from tokentrim_cli.methods import VTW, FastV, RandomSelection
-from tokentrim_cli.methods.base import LayerState, Method, NoTrimming, QuerySpec
+from tokentrim_cli.methods.base import LiveState, Method, NoTrimming, QuerySpec
 from tokentrim_cli.methods.fastv import FastVConfig
 from tokentrim_cli.methods.random_selection import RandomSelectionConfig
 from tokentrim_cli.methods.vtw import VTWConfig
@@ -219,7 +219,7 @@ class RecordScores(Method):
     def score_request(self, layer):
         return self.query if layer == self.layer else None
 
-    def after_layer(self, state: LayerState):
+    def after_layer(self, state: LiveState):
         if state.layer == self.layer:
             self.seen.append((state.attention, state.query_valid))
 
@@ -244,3 +244,93 @@ def test_scored_rows_equal_eager_rows(any_tiny, query):
             expected_rows = [t for t in range(last_image + 1, ids.shape[1]) if real[t]]
         got = scores[b][rows_valid[b]]
         torch.testing.assert_close(got, reference[b, expected_rows], atol=1e-6, rtol=1e-5)
+
+
+# ---- no host-device synchronisation inside the per-layer decode loop -------------------------------
+
+
+class _SyncTrap:
+    """Makes every host read of a tensor raise while the engine's decode layer loop runs."""
+
+    NAMES = ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero", "cpu", "numpy")
+
+    def __init__(self):
+        self.saved = {}
+
+    def __enter__(self):
+        def trap(name):
+            def raise_(*args, **kwargs):
+                raise AssertionError(f"Tensor.{name} called inside the decode layer loop (a device sync)")
+
+            return raise_
+
+        for name in self.NAMES:
+            self.saved[name] = getattr(torch.Tensor, name)
+            setattr(torch.Tensor, name, trap(name))
+        self.saved_equal, torch.equal = torch.equal, trap("equal")
+
+    def __exit__(self, *exc):
+        for name, original in self.saved.items():
+            setattr(torch.Tensor, name, original)
+        torch.equal = self.saved_equal
+
+
+def registered_methods(num_layers: int):
+    """Every registered method at its default setting (scaled to the tiny model where it must be)."""
+    from tokentrim_cli.methods import METHODS
+
+    for name, method_class in sorted(METHODS.items()):
+        config = method_class.config_cls()
+        try:
+            config.check_model(num_layers)
+        except Exception:
+            config = method_class.config_cls.neutral(num_layers)
+        yield name, method_class(config)
+
+
+@pytest.mark.parametrize("policy", ["keep", "compact"])
+def test_no_host_reads_in_the_decode_layer_loop(tiny, policy, monkeypatch):
+    from tokentrim_cli.engine.trimmer import Trimmer as EngineTrimmer
+
+    model, processor = tiny
+    inputs = make_inputs(processor, BATCHES["two-left-padded"])
+    decode = EngineTrimmer._decode
+
+    def trapped(self, *args, **kwargs):
+        with _SyncTrap():
+            return decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(EngineTrimmer, "_decode", trapped)
+    for name, method in registered_methods(len(model.model.language_model.layers)):
+        # 4 tokens: fewer decode steps than ST3's eviction interval (an eviction syncs by nature).
+        generate(model, inputs, Trimmer(model, method, position_policy=policy), steps=4)
+
+
+def test_the_sync_trap_catches_a_host_read():
+    with _SyncTrap(), pytest.raises(AssertionError, match="inside the decode layer loop"):
+        torch.ones(2).sum().item()
+
+
+# ---- beam search: per-sample state follows the beams --------------------------------------------------
+
+
+def test_beam_search_keeps_per_sample_state_with_its_rows(tiny):
+    """ST3's annealing counts are per sample: with beams reordered every step, each sample must keep
+    its own. A left-padded batch of a 1-image and a 2-image prompt (different counts) answers each
+    sample as it answers alone."""
+    from tokentrim_cli.methods import ST3
+    from tokentrim_cli.methods.st3 import ST3Config
+
+    model, processor = tiny
+    method = ST3(ST3Config(prune_ratio=0.25, start_layer=1, stride=1, horizon=6, evict_interval=1))
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=2, output_logits=True, return_dict_in_generate=True)
+    samples = BATCHES["two-left-padded"]
+    with torch.no_grad(), Trimmer(model, method) as trimmer:
+        batched = model.generate(**make_inputs(processor, samples), **kwargs)
+        batched_visual = trimmer.last_cache.visual_lengths()
+    for row, sample in enumerate(samples):
+        with torch.no_grad(), Trimmer(model, method) as trimmer:
+            single = model.generate(**make_inputs(processor, [sample]), **kwargs)
+            alone_visual = trimmer.last_cache.visual_lengths()
+        assert torch.equal(single.sequences[0, -6:], batched.sequences[row, -6:])
+        assert alone_visual[0] == batched_visual[2 * row]  # the best beam's row: same annealed counts

@@ -11,7 +11,7 @@ from conftest import PROMPTS, make_inputs
 from oracle import NEVER, MaskedReference
 from test_engine import STEPS, check_against_oracle, generate, visual_mask
 
-from tokentrim_cli.decoder import Trimmer
+from tokentrim_cli.engine import Trimmer
 from tokentrim_cli.methods.base import Method, NoTrimming, VisionOutput
 
 SAMPLES = [(PROMPTS[0], 1), (PROMPTS[1], 2)]

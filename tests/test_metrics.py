@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import PROMPTS, make_inputs
 
-from tokentrim_cli.decoder import Trimmer
+from tokentrim_cli.engine import Trimmer
 from tokentrim_cli.methods import VTW
 from tokentrim_cli.methods.vtw import VTWConfig
 from tokentrim_cli.metrics import Stats, kv_bytes, layer_averaged_budget, layer_flops, percentile, prefill_flops

@@ -9,7 +9,8 @@ from conftest import PROMPTS, make_inputs
 from oracle import NEVER, MaskedReference
 from test_engine import STEPS, check_batched_equals_per_sample, generate
 
-from tokentrim_cli.decoder import Trimmer
+from tokentrim_cli.engine import Trimmer
+from tokentrim_cli.engine.vision import VisionRunner
 from tokentrim_cli.errors import UnsupportedError
 from tokentrim_cli.methods.base import VisionInputs
 from tokentrim_cli.methods.mustdrop import MustDrop, MustDropConfig, dual_threshold_drop, key_set, window_merge
@@ -67,7 +68,9 @@ def vision_output(model, inputs, config):
                         vision_feature_select_strategy=model.config.vision_feature_select_strategy)  # fmt: skip
     stock = model.model.get_image_features(pixel_values=inputs["pixel_values"], **stock_kwargs).pooler_output
     with torch.no_grad():
-        ours = MustDrop(config).on_vision(VisionInputs(model.model, inputs["pixel_values"], {}, lambda: list(stock)))
+        runner = VisionRunner(model.model, inputs["pixel_values"], feature_layer=model.config.vision_feature_layer,
+                              select_strategy=model.config.vision_feature_select_strategy)  # fmt: skip
+        ours = MustDrop(config).on_vision(VisionInputs(runner, lambda: list(stock)))
     return list(stock), ours
 
 
@@ -223,9 +226,8 @@ def test_vision_tower_without_cls_falls_back_and_warns():
         stock = list(model.model.get_image_features(pixel_values=pixels, vision_feature_layer=-1,
                                                     vision_feature_select_strategy="full").pooler_output)  # fmt: skip
         with pytest.warns(UserWarning, match="no CLS token"):
-            ours = MustDrop(MustDropConfig(merge_threshold=2.0, filter_layers=(1,))).on_vision(
-                VisionInputs(model.model, pixels, {}, lambda: stock)
-            )
+            runner = VisionRunner(model.model, pixels, feature_layer=-1, select_strategy="full")
+            ours = MustDrop(MustDropConfig(merge_threshold=2.0, filter_layers=(1,))).on_vision(VisionInputs(runner, lambda: stock))
     for a, b, protected in zip(ours.features, stock, ours.protected):
         assert a.shape == b.shape == (16, 64)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

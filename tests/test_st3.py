@@ -12,7 +12,7 @@ from conftest import PROMPTS, make_inputs
 from oracle import NEVER, MaskedReference
 from test_engine import STEPS, check_against_oracle, check_batched_equals_per_sample, generate
 
-from tokentrim_cli.decoder import Trimmer
+from tokentrim_cli.engine import Trimmer
 from tokentrim_cli.methods.st3 import (
     ST3,
     ST3Config,

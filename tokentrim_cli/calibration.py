@@ -113,7 +113,7 @@ def default_min_layer(num_layers: int) -> int:
 
 def calibrate_vtw(loaded, dataset: Dataset, *, eta: float, min_layer: int | None = None, progress: Progress | None = None) -> CalibrationResult:
     """VTW's withdrawal layer by the KL criterion, with the shared-prefix evaluation."""
-    from .decoder import capture_layer_inputs, logits_after_withdrawal
+    from .engine.withdrawal import capture_layer_inputs, logits_after_withdrawal
     from .generation import prepare_inputs
 
     if eta <= 0:
@@ -161,17 +161,12 @@ def calibrate_vtw_naive(loaded, dataset: Dataset, *, eta: float, min_layer: int)
 
 
 def _last_logits(loaded, sample: Sample, method):
-    import torch
+    """The next-token logits at the end of the prompt, with `method` applied (None: stock)."""
+    from .generation import first_token_logits
+    from .profiles import Profile
 
-    from .decoder import Trimmer
-    from .generation import prepare_inputs
-
-    inputs = prepare_inputs(loaded, [sample.image.load()], sample.prompt)
-    with torch.inference_mode():
-        if method is None:
-            return loaded.model(**inputs, logits_to_keep=1).logits[0, -1].float()
-        with Trimmer(loaded.model, method):
-            return loaded.model(**inputs, logits_to_keep=1).logits[0, -1].float()
+    profile = None if method is None else Profile(name=method.name, description="", method=method.name, params=method.config)
+    return first_token_logits(loaded, profile, [sample.image.load()], sample.prompt)
 
 
 def knob_candidates(method: str, num_layers: int) -> tuple[str, list[tuple[float, object]]]:

@@ -166,21 +166,6 @@ class Report:
         return self.row(self.reference).prefill_flops / self.row(name).prefill_flops
 
 
-class _FirstToken:
-    """A streamer that only notes when the first generated token arrives."""
-
-    def __init__(self, device: str) -> None:
-        self.device, self.calls, self.first_at = device, 0, None
-
-    def put(self, value) -> None:
-        self.calls += 1
-        if self.calls == 2:  # the first call hands over the prompt
-            self.first_at = time.perf_counter()
-
-    def end(self) -> None:
-        pass
-
-
 def batched(inputs: dict, batch_size: int) -> dict:
     """The same prompt and images `batch_size` times (sample-major, as the processor orders images)."""
     import torch
@@ -233,66 +218,41 @@ def measure(
 
 
 def _one_run(loaded, profile, inputs: dict, max_new_tokens: int, *, overhead: bool = False) -> dict:
+    """One timed answer of exactly `max_new_tokens` tokens (EOS ignored), through the one generation path."""
     import torch
 
-    from .decoder import Trimmer
+    from .generation import GenerationSettings, run
 
-    model, device = loaded.model, loaded.info.device
+    device = loaded.info.device
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    streamer = _FirstToken(device)
-    kwargs = dict(
-        max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
-        return_dict_in_generate=True, pad_token_id=loaded.processor.tokenizer.pad_token_id,
-    )  # fmt: skip
-    trimmer = None
-    with torch.inference_mode():
-        with Timer(device) as timer:
-            if profile is None:
-                out = model.generate(**inputs, **kwargs)
-            else:
-                trimmer = Trimmer(model, profile.build_method(), position_policy=profile.position_policy, measure_overhead=overhead)
-                with trimmer:
-                    out = model.generate(**inputs, **kwargs)
-    first = (streamer.first_at or time.perf_counter()) - timer.start
-    batch = inputs["input_ids"].shape[0]
-    decode_s = timer.seconds - first
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, ignore_eos=True)
+    result = run(loaded, profile, inputs, settings, measure_overhead=overhead)
     return {
-        "ttft_s": first,
-        "end_to_end_s": timer.seconds,
-        "decode_tokens_per_s": batch * (max_new_tokens - 1) / decode_s if decode_s > 0 else 0.0,
-        "cache": trimmer.last_cache if trimmer else out.past_key_values,
+        "ttft_s": result.timings.ttft_s,
+        "end_to_end_s": result.timings.total_s,
+        "decode_tokens_per_s": result.timings.decode_tokens_per_s,
+        "trace": result.trace,
         "peak": torch.cuda.max_memory_allocated(device) if cuda else None,
-        "overhead_s": dict(trimmer.overhead_s) if trimmer else None,
+        "overhead_s": result.timings.overhead_s,
     }
 
 
 def _account(row: Measurement, loaded, sample: dict, inputs: dict) -> None:
     text = loaded.model.config.text_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    cache = sample["cache"]
+    trace = sample["trace"]
     batch = inputs["input_ids"].shape[0]
-    element = cache.layers[0].keys.element_size()
-    per_layer = [layer.keys.shape[2] for layer in cache.layers]
-    kv = dict(kv_heads=text.num_key_value_heads, head_dim=head_dim, bytes_per_element=element, batch=batch)
-    image_token = loaded.model.config.image_token_id
-    row.visual_before = int((inputs["input_ids"][0] == image_token).sum())
-    if hasattr(cache, "meta"):  # a trimmed run: the trace says what happened
-        trace = cache.meta.prefills[-1]
-        row.visual_input = trace.visual_input[0]
-        row.visual_layer_averaged = trace.layer_averaged[0]
-        tokens = trace.tokens_per_layer[0]
-        row.kv_bytes_after_prefill = kv_bytes(trace.kv_after_prefill, **kv)
-    else:
-        row.visual_input = row.visual_before
-        row.visual_layer_averaged = float(row.visual_before)
-        tokens = [int(inputs["attention_mask"][0].sum())] * len(per_layer)
-        row.kv_bytes_after_prefill = kv_bytes([inputs["input_ids"].shape[1]] * len(per_layer), **kv)
-    row.prefill_flops = batch * prefill_flops(tokens, hidden=text.hidden_size, intermediate=text.intermediate_size)
-    row.kv_entries_end = per_layer
-    row.kv_bytes_end = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
-    row.kv_bytes_end_formula = kv_bytes(per_layer, **kv)
+    kv = dict(kv_heads=text.num_key_value_heads, head_dim=head_dim, bytes_per_element=loaded.model.dtype.itemsize, batch=batch)
+    row.visual_before = trace.visual_before[0]
+    row.visual_input = trace.visual_input[0]
+    row.visual_layer_averaged = trace.layer_averaged[0]
+    row.kv_bytes_after_prefill = kv_bytes(trace.kv_after_prefill, **kv)
+    row.prefill_flops = batch * prefill_flops(trace.tokens_per_layer[0], hidden=text.hidden_size, intermediate=text.intermediate_size)
+    row.kv_entries_end = trace.kv_end
+    row.kv_bytes_end = trace.kv_bytes_end
+    row.kv_bytes_end_formula = kv_bytes(trace.kv_end, **kv)
     row.peak_memory_bytes = sample["peak"]
 
 

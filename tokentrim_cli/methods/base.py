@@ -1,22 +1,29 @@
-"""The contract between the trimming engine (`decoder.py`) and a trimming method (methods.md §0.4).
+"""The contract between the trimming engine (`engine/`) and a trimming method (methods.md §0.4).
 
-A method sees only what is in this file: its frozen config, the hooks below, and `LayerState`.
+A method sees only what is in this file: its frozen config, the hooks below, and three views:
+`LiveState` (the tokens flowing through a prefill), `CacheState` (a layer's cached entries, at the
+end of prefill and in decode) and `DecodeStep` (which layer of which decode step, before any work).
 The engine calls, in order:
 
-1. prefill, for each decoder layer `l`:
-   - `before_layer(state)` -> per-sample keep indices or None ("drop before layer l": VTW);
+1. vision stage: `on_vision(vision)` -> VisionOutput or None. `vision.runner` runs the tower layer
+   by layer (hidden states, a layer's CLS attention, keys, the projector); slots the method sets
+   keep=False are dropped before the first decoder layer;
+2. prefill, for each decoder layer `l`:
+   - `before_layer(state)` -> per-sample keep indices or None ("drop before layer l": VTW; at l=0
+     the methods that select among the projected features, DivPrune and CDPruner);
    - the layer runs; if `score_request(l)` named query rows, the engine computes their attention
      over the layer's keys (fp32, head mean, without eager attention) into `state.attention`;
-   - `after_layer(state)` -> keep indices or None ("prune after layer l": FastV, ST3's PVTP, MustDrop);
-2. end of prefill: `on_prefill_end(cache_view)` -> {layer: keep indices into that layer's cache}
+   - `after_layer(state)` -> keep indices or None ("prune after layer l": FastV, PVTP, MustDrop);
+3. end of prefill: `on_prefill_end(cache_states)` -> {layer: keep indices into that layer's cache}
    (MustDrop's output-aware cache policy);
-3. decode, for each layer `l` of each step: if `decode_score_request(l)`, the engine scores the new
-   token's query against the layer's cache and calls `on_decode_layer(state)` -> keep indices into the
-   layer's cache or None (ST3's VTA); evicted entries are hidden from the next step on.
+4. decode, for each layer `l` of each step: if `decode_score_request(step)`, the engine scores the
+   new token's query against the layer's cache and calls `on_decode_layer(state)` -> keep indices
+   into the layer's cache or None (ST3's VTA); evicted entries are hidden from the next step on.
 
-A vision stage (MustDrop's merge and key set) uses `on_vision`; the engine then builds the language
-model's input itself. Keep indices are int64 tensors, ascending, one per sample, indexing the live
-sequence (prefill) or the layer's cache entries (end of prefill, decode).
+Keep indices are int64 tensors, ascending, one per sample, indexing the live sequence (prefill) or
+the layer's cache entries (end of prefill, decode). A method describes itself (`where`,
+`needs_attention`, `reads_question`, `calibration`) so that listings, calibration and the tests
+come from the registry instead of per-method branches.
 """
 
 from __future__ import annotations
@@ -25,13 +32,12 @@ import dataclasses
 import difflib
 import enum
 import typing
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-
 
 MAX_SEED = 2**63 - 1  # torch generators take a signed 64-bit seed
 
@@ -110,6 +116,12 @@ def check_range(key: str, value: float, low: float, high: float, *, high_open: b
         raise ParamError(key, f"'{key}' must be in [{low}, {high}{bracket}, got {value}")
 
 
+class PerSample(list):
+    """Per-sample values a method keeps in its memory (one item per batch row): the engine's cache
+    reorders them with its own rows when generate() reorders, repeats or selects the batch (beam
+    search). Per-row values kept in a plain list would stay with the wrong row."""
+
+
 class QuerySpec(enum.Enum):
     """Which query rows a method wants attention scores for."""
 
@@ -118,12 +130,9 @@ class QuerySpec(enum.Enum):
 
 
 @dataclass
-class LayerState:
-    """What a method sees at one layer. All tensors are (B, N).
-
-    In prefill the N tokens are the live sequence entering or leaving the layer; at the end of
-    prefill and in decode they are the layer's cached entries.
-    """
+class LiveState:
+    """The live tokens at one prefill layer (entering it for before_layer, leaving it for
+    after_layer). All tensors are (B, N); hidden is (B, N, D)."""
 
     layer: int
     num_layers: int
@@ -131,9 +140,8 @@ class LayerState:
     valid: Tensor  # False for padding and for filler entries
     is_visual: Tensor
     protected: Tensor  # tokens an earlier stage marked as never to be dropped (MustDrop's key set)
-    memory: dict = field(default_factory=dict)  # per-conversation scratch space for the method
-    decode_step: int = 0  # decode forwards since the last prefill (1 = the first generated token's)
-    attention_sum: Tensor | None = None  # (B, N) decode: attention each cached entry received so far
+    hidden: Tensor  # the hidden states (before_layer: the layer's input; after_layer: its output)
+    memory: dict = field(default_factory=dict)  # per-conversation scratch space (PerSample for per-row values)
     # (B, R, N) fp32 head-mean attention from the requested query rows to the live tokens, when the
     # method asked for it with score_request(layer); rows that are padding are all zero.
     attention: Tensor | None = None
@@ -145,12 +153,41 @@ class LayerState:
 
 
 @dataclass
-class VisionInputs:
-    """What a vision stage gets: the LlavaModel, the pixels, and the stock feature path."""
+class CacheState:
+    """One layer's cached entries (end of prefill, decode). All tensors are (B, T)."""
 
-    model: Any  # the LlavaModel (vision_tower, multi_modal_projector, config)
-    pixel_values: Tensor
-    kwargs: dict
+    layer: int
+    num_layers: int
+    token_index: Tensor
+    valid: Tensor
+    is_visual: Tensor
+    protected: Tensor
+    memory: dict = field(default_factory=dict)
+    decode_step: int = 0  # decode forwards since the last prefill (1 = the first generated token's)
+    attention_sum: Tensor | None = None  # (B, T) decode: attention each entry received so far
+    attention: Tensor | None = None  # (B, 1, T) decode: the new token's attention over the entries
+
+    @property
+    def batch_size(self) -> int:
+        return self.token_index.shape[0]
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """Which layer of which decode step, asked before any work is done (so that nothing is computed
+    for layers a method leaves alone). `memory` is the method's scratch space."""
+
+    layer: int
+    num_layers: int
+    decode_step: int
+    memory: dict
+
+
+@dataclass
+class VisionInputs:
+    """What a vision stage gets: a runner over the tower, and the stock feature path."""
+
+    runner: Any  # engine.vision.VisionRunner
     stock_features: Callable[[], list[Tensor]]  # per image (n_slots, D), exactly what stock computes
 
 
@@ -167,37 +204,53 @@ class VisionOutput:
     protected: list[Tensor] | None = None  # (n_slots,) bool: later stages must not drop these
 
 
+@dataclass(frozen=True)
+class Knob:
+    """What `tokentrim calibrate --method NAME --kl-budget X` may tune: one parameter (or a named
+    preset, `settings[value]` giving the parameters), tried from mild to aggressive."""
+
+    name: str
+    values: tuple
+    settings: dict | None = None  # value -> parameters, for presets
+
+    def params(self, value) -> dict:
+        return dict(self.settings[value]) if self.settings else {self.name: value}
+
+
+STAGES = ("vision", "prefill", "decode")
+
+
 class Method:
     """A trimming method. Subclasses override only the hooks they need; the defaults trim nothing."""
 
     name: ClassVar[str]
     config_cls: ClassVar[type[MethodConfig]]
     description: ClassVar[str] = ""
+    needs_attention: ClassVar[bool] = False  # attention scores (decoder rows or the vision tower's)
+    reads_question: ClassVar[bool] = False  # text-guided: a later turn's question changes the choice
+    calibration: ClassVar[Knob | None] = None  # what `calibrate --kl-budget` searches
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
 
-    def before_layer(self, state: LayerState) -> list[Tensor] | None:
+    def before_layer(self, state: LiveState) -> list[Tensor] | None:
         return None
 
     def score_request(self, layer: int) -> QuerySpec | None:
         return None
 
-    def after_layer(self, state: LayerState) -> list[Tensor] | None:
+    def after_layer(self, state: LiveState) -> list[Tensor] | None:
         return None
 
-    def on_prefill_end(self, layers: list[LayerState]) -> dict[int, list[Tensor]] | None:
+    def on_prefill_end(self, layers: list[CacheState]) -> dict[int, list[Tensor]] | None:
         """Rewrite caches once prefill is done: {layer: keep indices into that layer's entries}."""
         return None
 
-    def decode_score_request(self, state: LayerState) -> bool:
-        """Whether to score the new token's query against this layer's cache at this decode step.
-
-        `state` describes the layer's cache entries (the new token's included), without attention.
-        """
+    def decode_score_request(self, step: DecodeStep) -> bool:
+        """Whether to score the new token's query against this layer's cache at this decode step."""
         return False
 
-    def on_decode_layer(self, state: LayerState) -> list[Tensor] | None:
+    def on_decode_layer(self, state: CacheState) -> list[Tensor] | None:
         """Keep indices into the layer's cache entries (state.attention is (B, 1, T)), or None."""
         return None
 
@@ -206,8 +259,29 @@ class Method:
         return None
 
     @classmethod
+    def _overrides(cls, *hooks: str) -> bool:
+        return any(getattr(cls, hook) is not getattr(Method, hook) for hook in hooks)
+
+    @classmethod
     def has_vision_stage(cls) -> bool:
-        return cls.on_vision is not Method.on_vision
+        return cls._overrides("on_vision")
+
+    @classmethod
+    def has_decode_hooks(cls) -> bool:
+        return cls._overrides("decode_score_request", "on_decode_layer")
+
+    @classmethod
+    def where(cls) -> tuple[str, ...]:
+        """Where it acts: vision (the tower's output), prefill (inside the language model's first
+        pass), decode (the KV cache while generating). From the hooks it overrides."""
+        stages = []
+        if cls.has_vision_stage():
+            stages.append("vision")
+        if cls._overrides("before_layer", "after_layer", "score_request"):
+            stages.append("prefill")
+        if cls._overrides("on_prefill_end", "decode_score_request", "on_decode_layer"):
+            stages.append("decode")
+        return tuple(stages)
 
 
 class NoTrimming(Method):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import LayerState, Method, MethodConfig, ParamError, QuerySpec, check_range, keep_top, round_half_up
+from .base import LiveState, Method, MethodConfig, ParamError, QuerySpec, check_range, keep_top, round_half_up
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +61,7 @@ class FastV(Method):
     def score_request(self, layer: int) -> QuerySpec | None:
         return QuerySpec.LAST_TOKEN if layer == self.config.layer - 1 else None
 
-    def after_layer(self, state: LayerState) -> list[Tensor] | None:
+    def after_layer(self, state: LiveState) -> list[Tensor] | None:
         if state.layer != self.config.layer - 1 or self.config.drop_ratio == 0.0:
             return None
         last_row = state.attention[:, 0, :]  # (B, N)

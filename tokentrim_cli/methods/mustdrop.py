@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UnsupportedError
-from .base import LayerState, Method, MethodConfig, ParamError, QuerySpec, VisionInputs, VisionOutput, check_range
+from .base import CacheState, LiveState, Method, MethodConfig, ParamError, QuerySpec, VisionInputs, VisionOutput, check_range
 
 # The threshold presets of the reference scripts for LLaVA-1.5-7B (methods.md §3.3), by the
 # layer-averaged budget they were tuned to reach.
@@ -134,38 +134,34 @@ class MustDrop(Method):
     description = "vision-encoder merge + key set, dual-attention filter in prefill, output-aware KV cache"
 
     def on_vision(self, vision: VisionInputs) -> VisionOutput:
-        tower, config = vision.model.vision_tower, vision.model.config
-        feature_layer = _given_or(vision.kwargs.get("vision_feature_layer"), config.vision_feature_layer)
-        strategy = _given_or(vision.kwargs.get("vision_feature_select_strategy"), config.vision_feature_select_strategy)
-        has_cls = hasattr(tower.embeddings, "class_embedding")
-        if isinstance(feature_layer, (list, tuple)) or (strategy == "default") != has_cls:
+        runner = vision.runner
+        if self.config.merge_after_vision_layer >= runner.feature_index:
             raise UnsupportedError(
-                f"MustDrop's vision stage needs one feature layer and CLS handling that matches the tower "
-                f"(got feature layer {feature_layer}, strategy '{strategy}')"
+                f"merge_after_vision_layer = {self.config.merge_after_vision_layer}: the features come from after "
+                f"vision layer {runner.feature_index - 1}, so nothing would ever merge",
+                hint=f"use a layer in [0, {runner.feature_index - 1}] for this model",
             )
-        if not has_cls:
+        if not runner.has_cls:
             warnings.warn(
                 "this vision tower has no CLS token: MustDrop's key set uses the mean attention each patch "
                 "receives from all patches instead of the CLS attention",
                 stacklevel=2,
             )
-        layers = tower.encoder.layers
-        feature_index = feature_layer if feature_layer >= 0 else len(layers) + 1 + feature_layer
-        hidden = tower.embeddings(vision.pixel_values.to(tower.dtype))
-        if hasattr(tower, "pre_layrnorm"):
-            hidden = tower.pre_layrnorm(hidden)
-        cls = 1 if has_cls else 0
+        cls = runner.cls_tokens
+        hidden = runner.embed()
         batch, patches = hidden.shape[0], hidden.shape[1] - cls
         slots = torch.arange(patches, device=hidden.device).expand(batch, -1)  # (B, P) slot of each token
         alive = torch.ones(batch, hidden.shape[1], dtype=torch.bool, device=hidden.device)
-        for index, layer in enumerate(layers[:feature_index]):
-            hidden = layer(hidden, _padding_mask(alive, hidden.dtype))
+        for index in range(runner.feature_index):
+            hidden = runner.run_layer(index, hidden, key_valid=alive)
             if index == self.config.merge_after_vision_layer and self.config.merge_threshold <= 1.0:
                 hidden, slots, alive = self._merge(hidden, cls, patches)
         # The key set comes from the layer that reads the features (layer 23 of 24 for LLaVA-1.5).
-        scoring_layer = layers[min(feature_index, len(layers) - 1)]
-        attention = _received_attention(scoring_layer, hidden, alive, has_cls)[:, cls:]  # (B, T')
-        projected = vision.model.multi_modal_projector(hidden[:, cls:])  # (B, T', D)
+        scoring_layer = min(runner.feature_index, runner.num_layers - 1)
+        queries = "cls" if runner.has_cls else "all"
+        probs = runner.attention(scoring_layer, hidden, queries=queries, key_valid=alive).mean(1)  # (B, Q, T)
+        attention = _received(probs, alive, runner.has_cls)[:, cls:]  # (B, T')
+        projected = runner.project(runner.patch_features(hidden))  # (B, T', D)
         return self._to_slots(projected, slots, alive[:, cls:], attention, patches)
 
     def _merge(self, hidden: Tensor, cls: int, patches: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -206,7 +202,7 @@ class MustDrop(Method):
     def score_request(self, layer: int) -> QuerySpec | None:
         return QuerySpec.TEXT_AFTER_IMAGE if layer in self.config.filter_layers else None
 
-    def after_layer(self, state: LayerState) -> list[Tensor] | None:
+    def after_layer(self, state: LiveState) -> list[Tensor] | None:
         if state.layer not in self.config.filter_layers:
             return None
         keep = []
@@ -224,7 +220,7 @@ class MustDrop(Method):
 
     # ---- decode: the output-aware cache policy ----------------------------------------------------
 
-    def on_prefill_end(self, layers: list[LayerState]) -> dict[int, list[Tensor]] | None:
+    def on_prefill_end(self, layers: list[CacheState]) -> dict[int, list[Tensor]] | None:
         if not self.config.output_aware_cache or not self.config.filter_layers:
             return None
         final = layers[-1]  # the last layer saw only the tokens that survived every filter
@@ -239,31 +235,8 @@ class MustDrop(Method):
         return edits
 
 
-def _given_or(value, default):
-    return default if value is None else value
-
-
-def _padding_mask(alive: Tensor, dtype) -> Tensor | None:
-    """Additive (B, 1, T, T) mask hiding padded tokens after a merge; None when nothing is padded."""
-    if bool(alive.all()):
-        return None
-    blocked = ~alive[:, None, None, :]
-    return torch.zeros(blocked.shape, dtype=dtype, device=alive.device).masked_fill(blocked, torch.finfo(dtype).min)
-
-
-def _received_attention(layer, hidden: Tensor, alive: Tensor, has_cls: bool) -> Tensor:
-    """(B, T) head-mean attention each token receives in `layer`: from the CLS query when there is
-    one, else averaged over all real queries (the no-CLS fallback). fp32."""
-    attention = layer.self_attn
-    normed = layer.layer_norm1(hidden)
-    batch, tokens, _ = normed.shape
-    heads, head_dim = attention.num_heads, attention.head_dim
-    queries = normed[:, :1] if has_cls else normed
-    q = attention.q_proj(queries).view(batch, queries.shape[1], heads, head_dim).transpose(1, 2).float()
-    k = attention.k_proj(normed).view(batch, tokens, heads, head_dim).transpose(1, 2).float()
-    logits = (q @ k.transpose(2, 3)) * attention.scale  # (B, H, Q, T)
-    logits = logits.masked_fill(~alive[:, None, None, :], float("-inf"))
-    probs = torch.softmax(logits, dim=-1).mean(1)  # (B, Q, T)
+def _received(probs: Tensor, alive: Tensor, has_cls: bool) -> Tensor:
+    """(B, T) attention each token receives: the CLS row's, or (no CLS) the mean over real queries."""
     if has_cls:
         return probs[:, 0]
     weights = alive.float() / alive.float().sum(1, keepdim=True)

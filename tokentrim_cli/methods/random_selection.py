@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import MAX_SEED, LayerState, Method, check_range
+from .base import MAX_SEED, LiveState, Method, check_range
 from .fastv import FastVConfig, fastv_keep
 
 
@@ -51,7 +51,7 @@ class RandomSelection(Method):
     config_cls = RandomSelectionConfig
     description = "control: after layer K-1, drop a seeded random share of the visual tokens"
 
-    def after_layer(self, state: LayerState) -> list[Tensor] | None:
+    def after_layer(self, state: LiveState) -> list[Tensor] | None:
         if state.layer != self.config.layer - 1 or self.config.drop_ratio == 0.0:
             return None
         config = self.config

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .base import LayerState, Method, MethodConfig, ParamError, QuerySpec, check_range, keep_top, round_half_up
+from .base import CacheState, DecodeStep, LiveState, Method, MethodConfig, ParamError, PerSample, QuerySpec, check_range, keep_top, round_half_up
 
 Decay = Literal["none", "linear", "cosine", "exponential"]
 
@@ -118,9 +118,9 @@ class ST3(Method):
 
     # ---- PVTP (prefill) --------------------------------------------------------------------------
 
-    def before_layer(self, state: LayerState) -> list[Tensor] | None:
+    def before_layer(self, state: LiveState) -> list[Tensor] | None:
         if state.layer == 0:
-            state.memory["st3_initial_visual"] = (state.is_visual & state.valid).sum(1).tolist()
+            state.memory["st3_initial_visual"] = PerSample((state.is_visual & state.valid).sum(1).tolist())
         return None
 
     def _stage(self, layer: int, num_layers: int) -> int | None:
@@ -134,7 +134,7 @@ class ST3(Method):
         on_schedule = next_layer >= self.config.start_layer and (next_layer - self.config.start_layer) % self.config.stride == 0
         return QuerySpec.LAST_TOKEN if on_schedule and self.config.prune_ratio > 0 else None
 
-    def after_layer(self, state: LayerState) -> list[Tensor] | None:
+    def after_layer(self, state: LiveState) -> list[Tensor] | None:
         if self.config.prune_ratio == 0.0:
             return None
         stage = self._stage(state.layer, state.num_layers)
@@ -150,37 +150,39 @@ class ST3(Method):
         return keep
 
     # ---- VTA (decode) ----------------------------------------------------------------------------
-    # Counts live in `memory` as Python ints, updated by every eviction this method makes, so that
-    # deciding whether a layer needs work costs no device synchronisation.
+    # Counts live in `memory` as Python ints ([sample][layer], PerSample so that beam search reorders
+    # them with the cache), updated by every eviction this method makes, so that deciding whether a
+    # layer needs work costs no device synchronisation.
 
-    def on_prefill_end(self, layers: list[LayerState]) -> dict[int, list[Tensor]] | None:
-        counts = [(s.is_visual & s.valid).sum(1).tolist() for s in layers]
-        layers[0].memory["st3_vta_initial"] = counts  # N_l: the base that annealing shrinks
-        layers[0].memory["st3_vta_current"] = [list(row) for row in counts]
+    def on_prefill_end(self, layers: list[CacheState]) -> dict[int, list[Tensor]] | None:
+        counts = [(s.is_visual & s.valid).sum(1).tolist() for s in layers]  # [layer][sample]
+        per_sample = [list(row) for row in zip(*counts)]  # [sample][layer]: N_l, the base annealing shrinks
+        layers[0].memory["st3_vta_initial"] = PerSample(per_sample)
+        layers[0].memory["st3_vta_current"] = PerSample([list(row) for row in per_sample])
         return None
 
-    def _targets(self, state: LayerState) -> list[int] | None:
+    def _targets(self, step: DecodeStep | CacheState) -> list[int] | None:
         """Per-sample targets when this step evicts in this layer, else None."""
-        if self.config.decay == "none" or "st3_vta_initial" not in state.memory:
+        if self.config.decay == "none" or "st3_vta_initial" not in step.memory:
             return None
-        if state.decode_step % self.config.evict_interval:
+        if step.decode_step % self.config.evict_interval:
             return None
-        initial = state.memory["st3_vta_initial"][state.layer]
-        current = state.memory["st3_vta_current"][state.layer]
-        targets = [vta_target(n, state.decode_step, self.config) for n in initial]
+        initial = [row[step.layer] for row in step.memory["st3_vta_initial"]]
+        current = [row[step.layer] for row in step.memory["st3_vta_current"]]
+        targets = [vta_target(n, step.decode_step, self.config) for n in initial]
         return targets if any(c > t for c, t in zip(current, targets)) else None
 
-    def decode_score_request(self, state: LayerState) -> bool:
-        if self.config.accumulate and self.config.decay != "none" and "st3_vta_initial" in state.memory:
+    def decode_score_request(self, step: DecodeStep) -> bool:
+        if self.config.accumulate and self.config.decay != "none" and "st3_vta_initial" in step.memory:
             return True  # the running sum needs every step's scores
-        return self._targets(state) is not None
+        return self._targets(step) is not None
 
-    def on_decode_layer(self, state: LayerState) -> list[Tensor] | None:
+    def on_decode_layer(self, state: CacheState) -> list[Tensor] | None:
         targets = self._targets(state)
         if targets is None:
             return None
         scores = state.attention_sum if self.config.accumulate else state.attention[:, 0]
         visual = state.is_visual & state.valid
-        current = state.memory["st3_vta_current"][state.layer]
-        state.memory["st3_vta_current"][state.layer] = [min(c, t) for c, t in zip(current, targets)]
+        for row, target in zip(state.memory["st3_vta_current"], targets):
+            row[state.layer] = min(row[state.layer], target)
         return [keep_best_visual(scores[b], visual[b], targets[b]) for b in range(state.batch_size)]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .base import LayerState, Method, MethodConfig, ParamError
+from .base import LiveState, Method, MethodConfig, ParamError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +42,7 @@ class VTW(Method):
     config_cls = VTWConfig
     description = "withdraw every visual token before layer K"
 
-    def before_layer(self, state: LayerState) -> list[Tensor] | None:
+    def before_layer(self, state: LiveState) -> list[Tensor] | None:
         if state.layer != self.config.layer:
             return None
         keep_mask = ~state.is_visual & state.valid  # (B, N); padding and filler go too

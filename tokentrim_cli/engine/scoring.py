@@ -12,6 +12,8 @@ import sys
 import torch
 from torch import Tensor
 
+from .masks import allowed_keys
+
 
 def _rotary(attention_module):
     # Use the architecture's own RoPE application so scores match what the layer computed.
@@ -47,3 +49,16 @@ def attention_rows(
     logits = logits.masked_fill(~allowed[:, None], float("-inf"))
     probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # fully masked rows -> zeros
     return probs.mean(dim=1)
+
+
+def score_rows(decoder_layer, rows: Tensor, rows_valid: Tensor, row_index: Tensor, hidden_in: Tensor, cos: Tensor,
+               sin: Tensor, keys: Tensor, key_index: Tensor, key_valid: Tensor) -> Tensor:
+    """(B, R, T) attention of the rows `rows` (B, R) of a layer's input `hidden_in` over that
+    layer's cached keys. `row_index` (B, R) is each row's logical token index (causality); rows
+    that are not real queries (`rows_valid` False) get zeros."""
+    take = rows[..., None]
+    hidden_rows = hidden_in.gather(1, take.expand(-1, -1, hidden_in.shape[-1]))
+    cos_rows = cos.expand(rows.shape[0], -1, -1).gather(1, take.expand(-1, -1, cos.shape[-1]))
+    sin_rows = sin.expand(rows.shape[0], -1, -1).gather(1, take.expand(-1, -1, sin.shape[-1]))
+    allowed = allowed_keys(row_index, key_index, key_valid, query_valid=rows_valid)
+    return attention_rows(decoder_layer, hidden_rows, cos_rows, sin_rows, keys, allowed)
