@@ -14,7 +14,7 @@ from PIL import Image  # noqa: E402
 
 from tokentrim_cli.model import build_random  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("TOKENTRIM_TEST_THREADS", "2")))
 
 PROMPTS = ["What is this?", "Describe the colours of both pictures in one long sentence, please."]
 

@@ -62,3 +62,23 @@ def score_rows(decoder_layer, rows: Tensor, rows_valid: Tensor, row_index: Tenso
     sin_rows = sin.expand(rows.shape[0], -1, -1).gather(1, take.expand(-1, -1, sin.shape[-1]))
     allowed = allowed_keys(row_index, key_index, key_valid, query_valid=rows_valid)
     return attention_rows(decoder_layer, hidden_rows, cos_rows, sin_rows, keys, allowed)
+
+
+def layer_keys(decoder_layer, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """(B, H_kv, N, head_dim) the keys layer `decoder_layer` would compute from its input `hidden`
+    (input norm, key projection, RoPE), without running it."""
+    attention = decoder_layer.self_attn
+    batch, tokens, _ = hidden.shape
+    normed = decoder_layer.input_layernorm(hidden)
+    keys = attention.k_proj(normed).view(batch, tokens, -1, attention.head_dim).transpose(1, 2)
+    _, keys = _rotary(attention)(keys, keys, cos, sin)
+    return keys
+
+
+def score_rows_before(decoder_layer, rows: Tensor, rows_valid: Tensor, token_index: Tensor, valid: Tensor,
+                      hidden_in: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """(B, R, N) attention of rows `rows` under a layer's projections, computed from its input over
+    the live tokens before the layer runs (PyramidDrop's ranking)."""
+    keys = layer_keys(decoder_layer, hidden_in, cos.expand(hidden_in.shape[0], -1, -1), sin.expand(hidden_in.shape[0], -1, -1))
+    row_index = token_index.gather(1, rows)
+    return score_rows(decoder_layer, rows, rows_valid, row_index, hidden_in, cos, sin, keys, token_index, valid)

@@ -33,7 +33,7 @@ from ..methods.base import CacheState, DecodeStep, LiveState, Method, NoTrimming
 from . import masks, positions
 from .cache import Entries, PrefillTrace, PrunableCache
 from .family import language_model_of, visual_token_ids
-from .scoring import score_rows
+from .scoring import score_rows, score_rows_before
 from .tokens import LiveTokens, pad_keep
 from .vision import VisionRunner
 
@@ -213,7 +213,7 @@ class Trimmer:
         tokens_per_layer: list[Tensor] = []
         eager = self.language_model.config._attn_implementation == "eager"
         for layer_idx, layer in enumerate(self.language_model.layers):
-            self._apply(live, self.method.before_layer(self._live_state(layer_idx, live, cache)))
+            self._apply(live, self.method.before_layer(self._before_state(layer_idx, layer, live, cache)))
             visual_per_layer.append((live.is_visual & live.valid).sum(1))
             tokens_per_layer.append(live.valid.sum(1))
             layer_cos, layer_sin, rope_position = self._prefill_rope(cache, layer_idx, live)
@@ -382,6 +382,29 @@ class Trimmer:
                 return torch.zeros(batch, chunk, dtype=torch.bool, device=device)
             raise UnsupportedError("the trimming engine needs input_ids to find the visual tokens (got inputs_embeds)")
         return torch.isin(input_ids.to(device), torch.tensor(self._visual_ids, device=device))
+
+    def _before_state(self, layer_idx: int, layer, live: LiveTokens, cache: PrunableCache) -> LiveState:
+        """The state before_layer sees, with what the method asked for this layer."""
+        state = self._live_state(layer_idx, live, cache)
+        query = self.method.pre_score_request(layer_idx)
+        if query is not None:
+            with self._timed("scoring"):
+                rows, state.query_valid = _query_rows(query, live)
+                cos, sin = (live.cos, live.sin)
+                if self.position_policy == "compact" and not live.untouched:
+                    base = cache.next_rope_position(layer_idx, live.hidden.shape[0], live.hidden.device)
+                    cos, sin = self.language_model.rotary_emb(live.hidden, position_ids=positions.compact(base, live.valid))
+                state.attention = score_rows_before(layer, rows, state.query_valid, live.token_index, live.valid,
+                                                    live.hidden, cos, sin)  # fmt: skip
+        if self.method.feature_request(layer_idx) and layer_idx > 0:
+            count = live.token_index.shape[1]
+            entries = cache.entries(layer_idx - 1)
+            if not torch.equal(entries.token_index[:, -count:], live.token_index):
+                raise UnsupportedError("a method asked for the previous layer's keys after tokens were dropped behind it")
+            keys = cache.layers[layer_idx - 1].keys[:, :, -count:]  # the live tokens are its newest entries
+            state.keys = keys.transpose(1, 2).reshape(keys.shape[0], keys.shape[2], -1)
+            state.normed_hidden = self.language_model.norm(live.hidden)
+        return state
 
     def _live_state(self, layer_idx: int, live: LiveTokens, cache: PrunableCache) -> LiveState:
         return LiveState(

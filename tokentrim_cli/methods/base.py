@@ -142,6 +142,10 @@ class LiveState:
     protected: Tensor  # tokens an earlier stage marked as never to be dropped (MustDrop's key set)
     hidden: Tensor  # the hidden states (before_layer: the layer's input; after_layer: its output)
     memory: dict = field(default_factory=dict)  # per-conversation scratch space (PerSample for per-row values)
+    # before_layer(l), when feature_request(l): the previous layer's cached keys of the live tokens
+    # (B, N, H_kv * head_dim, RoPE applied) and the hidden states under the model's final norm.
+    keys: Tensor | None = None
+    normed_hidden: Tensor | None = None
     # (B, R, N) fp32 head-mean attention from the requested query rows to the live tokens, when the
     # method asked for it with score_request(layer); rows that are padding are all zero.
     attention: Tensor | None = None
@@ -206,12 +210,17 @@ class VisionOutput:
 
 @dataclass(frozen=True)
 class Knob:
-    """What `tokentrim calibrate --method NAME --kl-budget X` may tune: one parameter (or a named
-    preset, `settings[value]` giving the parameters), tried from mild to aggressive."""
+    """What `tokentrim calibrate --method NAME` may tune: one parameter (or a named preset,
+    `settings[value]` giving the parameters), tried from mild to aggressive.
+
+    search="kl_budget": the most aggressive value whose mean first-token KL stays within --kl-budget.
+    search="withdrawal_layer": VTW's criterion, the smallest layer whose KL stays within --eta (values
+    come from the model's depth)."""
 
     name: str
     values: tuple
     settings: dict | None = None  # value -> parameters, for presets
+    search: str = "kl_budget"
 
     def params(self, value) -> dict:
         return dict(self.settings[value]) if self.settings else {self.name: value}
@@ -237,7 +246,17 @@ class Method:
         return None
 
     def score_request(self, layer: int) -> QuerySpec | None:
+        """Query rows whose attention in layer `layer` (its own, after it ran) after_layer needs."""
         return None
+
+    def pre_score_request(self, layer: int) -> QuerySpec | None:
+        """Query rows whose attention under layer `layer`'s projections, computed from its input
+        over the live tokens *before* it runs, before_layer needs (PyramidDrop ranks this way)."""
+        return None
+
+    def feature_request(self, layer: int) -> bool:
+        """Whether before_layer(layer) needs `state.keys` and `state.normed_hidden` (DART)."""
+        return False
 
     def after_layer(self, state: LiveState) -> list[Tensor] | None:
         return None
@@ -270,18 +289,26 @@ class Method:
     def has_decode_hooks(cls) -> bool:
         return cls._overrides("decode_score_request", "on_decode_layer")
 
-    @classmethod
-    def where(cls) -> tuple[str, ...]:
-        """Where it acts: vision (the tower's output), prefill (inside the language model's first
-        pass), decode (the KV cache while generating). From the hooks it overrides."""
+    def where(self) -> tuple[str, ...]:
+        """Where it acts: vision (the tower, or its projected features before the first decoder
+        layer), prefill (inside the language model's first pass), decode (the KV cache while
+        generating). From the hooks it overrides; a method acting only before layer 0 says "vision"."""
         stages = []
-        if cls.has_vision_stage():
+        cls = type(self)
+        if cls.has_vision_stage() or self.acts_before_decoder():
             stages.append("vision")
-        if cls._overrides("before_layer", "after_layer", "score_request"):
+        if cls._overrides("after_layer", "score_request", "pre_score_request") or (
+            cls._overrides("before_layer") and not self.acts_before_decoder()
+        ):
             stages.append("prefill")
         if cls._overrides("on_prefill_end", "decode_score_request", "on_decode_layer"):
             stages.append("decode")
         return tuple(stages)
+
+    def acts_before_decoder(self) -> bool:
+        """True for methods whose only prefill hook is before_layer(0) (selection among the projected
+        visual features): DivPrune, CDPruner, the random control at layer 0."""
+        return False
 
 
 class NoTrimming(Method):
@@ -300,6 +327,31 @@ class NoTrimming(Method):
 
 
 # ---- pure helpers shared by methods -------------------------------------------------------------
+
+# Budgets are written for LLaVA-1.5's 576 visual tokens per image and scaled to each image's own
+# count: on LLaVA-NeXT (2,880 tokens for 5 crops, newline tokens included) a budget of 128 keeps
+# 640, the papers' NeXT setting; on a 16-token test model it keeps 4. "Per image" is a contiguous
+# run of visual tokens (an image's crops and newline tokens are one run).
+REFERENCE_TOKENS = 576
+
+
+def image_runs(is_visual: Tensor) -> list[Tensor]:
+    """Positions of each contiguous run of visual tokens in one sample's row (N,): one per image."""
+    positions = is_visual.nonzero().squeeze(1)
+    if positions.numel() == 0:
+        return []
+    breaks = (positions[1:] != positions[:-1] + 1).nonzero().squeeze(1) + 1
+    return list(torch.tensor_split(positions, breaks.cpu()))
+
+
+def scaled_budget(budget: int, n_tokens: int) -> int:
+    """Tokens an image of `n_tokens` visual tokens keeps for a per-576 `budget` (at least 1)."""
+    return max(1, min(n_tokens, round_half_up(budget * n_tokens / REFERENCE_TOKENS)))
+
+
+def keep_visual(valid: Tensor, is_visual: Tensor, kept_visual: Tensor) -> Tensor:
+    """Keep indices for one sample: every real text token plus the visual tokens `kept_visual`."""
+    return torch.cat([(valid & ~is_visual).nonzero().squeeze(1), kept_visual]).sort().values
 
 
 def keep_top(scores: Tensor, n_keep: int) -> Tensor:

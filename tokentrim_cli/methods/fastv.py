@@ -12,7 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import LiveState, Method, MethodConfig, ParamError, QuerySpec, check_range, keep_top, round_half_up
+from .base import Knob, LiveState, Method, MethodConfig, ParamError, QuerySpec, check_range, keep_top, round_half_up
+
+
+RATIO_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95, calibration's grid
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +60,9 @@ class FastV(Method):
     name = "fastv"
     config_cls = FastVConfig
     description = "after layer K-1, drop the visual tokens the last prompt token attends to least"
+    needs_attention = True
+    reads_question = True
+    calibration = Knob("drop_ratio", RATIO_GRID)
 
     def score_request(self, layer: int) -> QuerySpec | None:
         return QuerySpec.LAST_TOKEN if layer == self.config.layer - 1 else None

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UnsupportedError
-from .base import CacheState, LiveState, Method, MethodConfig, ParamError, QuerySpec, VisionInputs, VisionOutput, check_range
+from .base import CacheState, Knob, LiveState, Method, MethodConfig, ParamError, QuerySpec, VisionInputs, VisionOutput, check_range
 
 # The threshold presets of the reference scripts for LLaVA-1.5-7B (methods.md §3.3), by the
 # layer-averaged budget they were tuned to reach.
@@ -132,6 +132,12 @@ class MustDrop(Method):
     name = "mustdrop"
     config_cls = MustDropConfig
     description = "vision-encoder merge + key set, dual-attention filter in prefill, output-aware KV cache"
+    needs_attention = True
+    reads_question = True
+    calibration = Knob(
+        "preset", tuple(THRESHOLD_PRESETS),
+        settings={k: {"global_threshold": g, "individual_threshold": i} for k, (g, i) in THRESHOLD_PRESETS.items()},
+    )  # fmt: skip
 
     def on_vision(self, vision: VisionInputs) -> VisionOutput:
         runner = vision.runner

@@ -23,7 +23,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .base import CacheState, DecodeStep, LiveState, Method, MethodConfig, ParamError, PerSample, QuerySpec, check_range, keep_top, round_half_up
+from .fastv import RATIO_GRID
+from .base import Knob, CacheState, DecodeStep, LiveState, Method, MethodConfig, ParamError, PerSample, QuerySpec, check_range, keep_top, round_half_up
 
 Decay = Literal["none", "linear", "cosine", "exponential"]
 
@@ -115,6 +116,9 @@ class ST3(Method):
     name = "st3"
     config_cls = ST3Config
     description = "progressive visual token pruning in prefill + visual token annealing of the KV cache"
+    needs_attention = True
+    reads_question = True
+    calibration = Knob("prune_ratio", RATIO_GRID)
 
     # ---- PVTP (prefill) --------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .base import LiveState, Method, MethodConfig, ParamError
+from .base import Knob, LiveState, Method, MethodConfig, ParamError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +41,7 @@ class VTW(Method):
     name = "vtw"
     config_cls = VTWConfig
     description = "withdraw every visual token before layer K"
+    calibration = Knob("layer", (), search="withdrawal_layer")
 
     def before_layer(self, state: LiveState) -> list[Tensor] | None:
         if state.layer != self.config.layer:
