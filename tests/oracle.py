@@ -77,9 +77,15 @@ class MaskedReference:
             self.model.set_attn_implementation(previous)
 
     @torch.no_grad()
-    def step_logits(self, inputs: dict, tokens: torch.Tensor) -> list[torch.Tensor]:
-        """Last-position logits after the prompt, then after each teacher-forced token of `tokens` (B, S)."""
+    def step_logits(self, inputs: dict, tokens: torch.Tensor, *, attentions: list | None = None) -> list[torch.Tensor]:
+        """Last-position logits after the prompt, then after each teacher-forced token of `tokens` (B, S).
+
+        With `attentions` (a list), the decode steps run with stock eager attention and each step's
+        per-layer (B, H, 1, T) attention weights are appended to it."""
         handles = self._install()
+        previous = self.model.config._attn_implementation
+        if attentions is not None:
+            self.model.set_attn_implementation("eager")
         try:
             cache = DynamicCache(config=self.lm.config)
             self.mask2d = inputs["attention_mask"].bool()
@@ -98,12 +104,16 @@ class MaskedReference:
                     position_ids=position,
                     past_key_values=cache,
                     use_cache=True,
+                    output_attentions=attentions is not None,
                 )
                 logits.append(out.logits[:, -1].float())
+                if attentions is not None:
+                    attentions.append(out.attentions)
             return logits
         finally:
             for handle in handles:
                 handle.remove()
+            self.model.set_attn_implementation(previous)
 
 
 def eager_attentions(model, inputs: dict) -> tuple[torch.Tensor, ...]:

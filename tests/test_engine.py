@@ -8,7 +8,8 @@ from conftest import PROMPTS, make_inputs
 from oracle import NEVER, MaskedReference, eager_attentions
 
 from tokentrim_cli.engine import Trimmer
-from tokentrim_cli.methods import VTW, FastV, RandomSelection
+from tokentrim_cli.errors import UnsupportedError
+from tokentrim_cli.methods import METHODS, VTW, FastV, RandomSelection
 from tokentrim_cli.methods.base import LiveState, Method, NoTrimming, QuerySpec
 from tokentrim_cli.methods.fastv import FastVConfig
 from tokentrim_cli.methods.random_selection import RandomSelectionConfig
@@ -169,12 +170,17 @@ def test_compact_positions_match_oracle(tiny):
 
 
 @pytest.mark.parametrize("policy", ["keep", "compact"])
-@pytest.mark.parametrize("name", ["vtw", "fastv", "random", "none"])
+@pytest.mark.parametrize("name", sorted(METHODS))
 def test_neutral_setting_is_a_noop(any_tiny, name, policy):
+    """Every registered method, at its neutral setting, is stock transformers bit for bit."""
     model, processor = any_tiny
-    method_class = {"vtw": VTW, "fastv": FastV, "random": RandomSelection, "none": NoTrimming}[name]
+    method_class = METHODS[name]
     num_layers = len(model.model.language_model.layers)
     method = method_class(method_class.config_cls.neutral(num_layers))
+    if method_class.has_vision_stage() and model.config.model_type != "llava":
+        with pytest.raises(UnsupportedError, match="LLaVA-1.5-style models only"):
+            Trimmer(model, method).install()
+        return
     inputs = make_inputs(processor, BATCHES["two-left-padded"])
     stock = generate(model, inputs)
     ours = generate(model, inputs, Trimmer(model, method, position_policy=policy))
@@ -183,14 +189,30 @@ def test_neutral_setting_is_a_noop(any_tiny, name, policy):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize(
-    "method",
-    [VTW(VTWConfig(layer=2)), FastV(FastVConfig(layer=1, drop_ratio=0.75)),
-     RandomSelection(RandomSelectionConfig(layer=1, drop_ratio=0.75))],
-)  # fmt: skip
-def test_batched_equals_per_sample(any_tiny, method):
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_batched_equals_per_sample(any_tiny, name):
+    """Every registered method, at a setting that trims, answers a left-padded batch row by row as
+    each sample alone."""
     model, processor = any_tiny
+    method_class = METHODS[name]
+    if method_class.has_vision_stage() and model.config.model_type != "llava":
+        pytest.skip("vision-stage methods are refused on LLaVA-NeXT (tested above)")
+    method = method_class(method_class.config_cls.example(len(model.model.language_model.layers)))
     check_batched_equals_per_sample(model, processor, BATCHES["two-left-padded"], method)
+
+
+def test_the_registry_refuses_duplicate_and_ill_formed_names():
+    from tokentrim_cli.methods import build_registry
+
+    class Bad(Method):
+        name = "Fast_V"
+        config_cls = NoTrimming.Config
+
+    with pytest.raises(ValueError, match="not a lower-case identifier"):
+        build_registry([NoTrimming, Bad])
+    with pytest.raises(ValueError, match="registered twice"):
+        build_registry([NoTrimming, FastV, FastV])
+    assert list(build_registry([NoTrimming, FastV])) == ["none", "fastv"]
 
 
 def check_batched_equals_per_sample(model, processor, samples, method) -> None:

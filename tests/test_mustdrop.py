@@ -3,6 +3,9 @@ stock CLIP; prefill filter and output-aware cache against the masked-attention o
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 import torch
 from conftest import PROMPTS, make_inputs
@@ -232,3 +235,61 @@ def test_vision_tower_without_cls_falls_back_and_warns():
         assert a.shape == b.shape == (16, 64)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         assert protected.sum() == 2  # ceil(0.08 * 16)
+
+
+def test_vision_stage_key_set_from_stock_eager_attention(tiny):
+    """The key set is the top CLS-attended post-merge patches in the layer that reads the features,
+    from stock CLIP eager attention weights on a merge written out here (not the method's helpers)."""
+    model, processor = tiny
+    inputs = make_inputs(processor, SAMPLES[:1])
+    config = MustDropConfig(merge_threshold=-1.0, key_fraction=0.25)  # the one full 3x3 tile merges
+    tower = model.model.vision_tower
+    tile = [0, 1, 2, 4, 5, 6, 8, 9, 10]  # 4x4 grid, window 3: patches of the first tile, merged into 10
+    survivors = [i for i in range(16) if i not in tile[:-1]]
+    tower.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            hidden = tower.encoder.layers[0](tower.pre_layrnorm(tower.embeddings(inputs["pixel_values"])), None)
+            patches = hidden[0, 1:].clone()
+            patches[10] = hidden[0, 1:][tile].mean(0)
+            merged = torch.cat([hidden[0, :1], patches[survivors]])[None]
+            reader = tower.encoder.layers[1]  # feature layer -2 of 2 layers: layer 1 reads it
+            _, weights = reader.self_attn(reader.layer_norm1(merged))
+    finally:
+        tower.set_attn_implementation("sdpa")
+    cls_row = weights[0].float().mean(0)[0, 1:]  # head mean, over the survivors
+    count = math.ceil(0.25 * len(survivors))
+    order = sorted(range(len(survivors)), key=lambda i: (-float(cls_row[i]), i))[:count]
+    expected = sorted(survivors[i] for i in order)
+    _, ours = vision_output(model, inputs, config)
+    assert ours.protected[0].nonzero().squeeze(1).tolist() == expected
+    assert ours.keep[0].nonzero().squeeze(1).tolist() == survivors
+
+
+def test_merged_first_is_the_reference_layout(tiny):
+    """merged_first packs each image's tokens into its first placeholders, merged tokens first, and
+    the whole run still equals the masked oracle (compact positions, as the reference)."""
+    model, processor = tiny
+    inputs = make_inputs(processor, SAMPLES)
+    config = dataclasses.replace(STRONG, merged_first=True)
+    _, vision = vision_output(model, inputs, config)
+    for keep in vision.keep:
+        assert keep.tolist() == [True] * 8 + [False] * 8  # 16 patches, one tile of 9 merged into 1
+    hidden_from, vision = mustdrop_reference(model, inputs, config, compact=True)
+    trimmer = Trimmer(model, MustDrop(config), position_policy="compact")
+    ours = generate(model, inputs, trimmer)
+    tokens = ours.sequences[:, inputs["input_ids"].shape[1] :]
+    oracle_inputs = {"inputs_embeds": embeds_with(model, inputs, vision), "attention_mask": inputs["attention_mask"]}
+    expected = MaskedReference(model, hidden_from, compact=True).step_logits(oracle_inputs, tokens[:, :STEPS])
+    for step, (a, b) in enumerate(zip(ours.logits, expected)):
+        torch.testing.assert_close(a.float(), b, atol=1e-4, rtol=1e-4, msg=f"step {step}")
+
+
+def test_budget_in_the_references_convention():
+    """MustDrop's code averages the visual tokens each layer holds *after* its own pruning."""
+    from tokentrim_cli.generation import Trace
+
+    trace = Trace(visual_before=[8], visual_input=[8], visual_per_layer=[[8, 8, 4, 4, 2]], tokens_per_layer=[[9] * 5],
+                  kv_after_prefill=[9] * 5, kv_end=[9] * 5, kv_bytes_end=0)  # fmt: skip
+    assert trace.layer_averaged == [26 / 5]
+    assert trace.layer_averaged_after_pruning == [(8 + 4 + 4 + 2 + 2) / 5]

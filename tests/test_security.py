@@ -108,7 +108,7 @@ def test_escapes_in_profile_fields_are_not_printed_raw(tmp_path, monkeypatch):
         'schema_version = 1\nname = "evil\\u001b[2J\\u001b]0;pwned\\u0007"\nmethod = "none"\n'
         'description = "[calibration] \\u001b[31mred"\n'
     )
-    listed = runner.invoke(app, ["profiles", "list"])
+    listed = runner.invoke(app, ["profiles", "list", "--wide"])
     assert listed.exit_code == 0
     assert ESC not in listed.stdout + listed.stderr and "\\x1b[2J" in listed.stdout
     assert "[calibration]" in listed.stdout  # not eaten as Rich markup

@@ -92,17 +92,20 @@ def test_pvtp_matches_oracle(any_tiny, policy):
 
 
 class RecordingST3(ST3):
-    """ST3 that records which token each VTA eviction removed, for the oracle to replay."""
+    """ST3 that records every VTA eviction: which tokens went, and which visual tokens stayed."""
 
     def __init__(self, config):
         super().__init__(config)
         self.evicted = []  # (decode step, layer, sample, token index)
+        self.events = []  # (decode step, layer, sample, evicted token indices, kept visual token indices)
 
     def on_decode_layer(self, state):
         keep = super().on_decode_layer(state)
         for b, kept in enumerate(keep or []):
             gone = state.token_index[b][~torch.isin(torch.arange(state.token_index.shape[1]), kept)]
             self.evicted += [(state.decode_step, state.layer, b, int(t)) for t in gone]
+            stayed = state.token_index[b][kept][(state.is_visual[b] & state.valid[b])[kept]]
+            self.events.append((state.decode_step, state.layer, b, gone.tolist(), stayed.tolist()))
         return keep
 
 
@@ -126,9 +129,17 @@ def test_vta_matches_oracle_and_anneals_on_schedule(any_tiny, accumulate):
         assert hidden_from[layer][b, token] == NEVER
         hidden_from[layer][b, token] = step + 1  # evicted after this step's forward
     tokens = ours.sequences[:, inputs["input_ids"].shape[1] :]
-    reference = MaskedReference(model, hidden_from).step_logits(inputs, tokens[:, :STEPS])
+    attentions: list = []
+    reference = MaskedReference(model, hidden_from).step_logits(inputs, tokens[:, :STEPS], attentions=attentions)
     for step, (a, b) in enumerate(zip(ours.logits, reference)):
         torch.testing.assert_close(a.float(), b, atol=1e-4, rtol=1e-4, msg=f"step {step}")
+    # Each eviction removed the least attended visual entries: by the new token's attention in that
+    # layer at that step (or summed over the steps so far), from stock eager attention.
+    for step, layer, b, gone, stayed in method.events:
+        prompt = inputs["input_ids"].shape[1]  # visual entries are prompt tokens
+        rows = [attentions[s - 1][layer][b].float().mean(0)[0, :prompt] for s in range(1, step + 1)]
+        score = sum(rows) if accumulate else rows[-1]
+        assert gone and max(float(score[t]) for t in gone) <= min(float(score[t]) for t in stayed) + 1e-6
     after_prefill = trimmer.last_cache.meta.prefills[-1].visual_per_layer
     last_eviction = STEPS - STEPS % 3  # evictions happen at steps 3, 6, 9
     factor = max(0.25, 1 - last_eviction / 8)

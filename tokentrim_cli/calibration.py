@@ -16,15 +16,33 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 
 from .errors import InputError, UsageError
 from .inputs import ImageRef, read_image_records
 
-BUILTIN_DATASET = "built-in (20 pictures of one coloured shape, tokentrim_cli/calibration_set)"
+BUILTIN_DATASET = "built-in (20 scenes of coloured shapes with short questions, tokentrim_cli/scenes.py, seeds 500000-500019)"
 KL_METRIC = "KL(P_trimmed || P_full) of the next-token distribution at the last prompt position, fp32"
-RATIO_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
-MUSTDROP_PRESETS = (192, 128, 64)  # least to most aggressive
+# VTW's thresholds per checkpoint in the reference code (methods.md §1.3); others get the 7B's.
+VTW_ETA = {
+    "llava-hf/llava-1.5-7b-hf": 0.003,
+    "liuhaotian/llava-v1.5-7b": 0.003,
+    "llava-hf/llava-1.5-13b-hf": 0.0005,
+    "liuhaotian/llava-v1.5-13b": 0.0005,
+    "llava-hf/llava-v1.6-vicuna-7b-hf": 0.0001,
+    "liuhaotian/llava-v1.6-vicuna-7b": 0.0001,
+}
+VTW_DEFAULT_ETA = 0.003
+REFERENCE_SET_NOTE = (
+    "the reference calibrates on the first 20 ScienceQA-IMG samples (lmms-eval's order); this set differs, "
+    "so K may differ from the published one"
+)
+
+
+def vtw_eta(model_id: str) -> tuple[float, str]:
+    """(eta, where it comes from) for a checkpoint: the reference's value when known."""
+    if model_id in VTW_ETA:
+        return VTW_ETA[model_id], f"the reference's value for {model_id}"
+    return VTW_DEFAULT_ETA, "the reference's default (its LLaVA-1.5-7B value): no value is known for this checkpoint"
 
 
 @dataclass
@@ -52,6 +70,7 @@ class CalibrationResult:
     samples: int
     seconds: float
     per_sample: list[list[float]] = field(default_factory=list)  # [sample][candidate]
+    notes: list[str] = field(default_factory=list)  # where eta came from, how the data differs from the reference
 
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -60,16 +79,29 @@ class CalibrationResult:
 def load_dataset(data: str | None, *, limit: int | None = None) -> Dataset:
     """The JSONL file `data` (lines {"image", "prompt"}; relative images resolve against the file),
     or the built-in set. Raises InputError naming the file and line."""
-    options = dict(valid=lambda r: isinstance(r.get("prompt"), str), expected='{"image": "...", "prompt": "..."}', limit=limit)
     if data is None:
-        folder = resources.files("tokentrim_cli") / "calibration_set"
-        text = (folder / "samples.jsonl").read_text(encoding="utf-8")
-        pairs, sha256 = read_image_records("built-in samples.jsonl", text=text, base=folder, **options)
-        name = BUILTIN_DATASET
-    else:
-        pairs, sha256 = read_image_records(data, **options)
-        name = data
-    return Dataset(samples=[Sample(image, record["prompt"]) for record, image in pairs], name=name, sha256=sha256)
+        return builtin_dataset(limit)
+    options = dict(valid=lambda r: isinstance(r.get("prompt"), str), expected='{"image": "...", "prompt": "..."}', limit=limit)
+    pairs, sha256 = read_image_records(data, **options)
+    return Dataset(samples=[Sample(image, record["prompt"]) for record, image in pairs], name=data, sha256=sha256)
+
+
+def builtin_dataset(limit: int | None = None) -> Dataset:
+    """20 scenes with one short-answer question each (scenes.calibration_samples), drawn here; the
+    hash covers the questions and every picture's pixels, so a change in the drawing shows."""
+    import hashlib
+
+    from . import scenes
+
+    chosen = scenes.calibration_samples()[: limit or None]
+    digest = hashlib.sha256()
+    samples = []
+    for sample in chosen:
+        image = scenes.SceneImage(sample.seed)
+        digest.update(f"{sample.seed}\n{sample.question.prompt}\n".encode())
+        digest.update(image.load().image.tobytes())
+        samples.append(Sample(image, sample.question.prompt))
+    return Dataset(samples=samples, name=BUILTIN_DATASET, sha256=digest.hexdigest())
 
 
 # ---- pure arithmetic ------------------------------------------------------------------------------
@@ -170,22 +202,25 @@ def _last_logits(loaded, sample: Sample, method):
 
 
 def knob_candidates(method: str, num_layers: int) -> tuple[str, list[tuple[float, object]]]:
-    """(knob name, [(knob value, method instance)]) from mild to aggressive."""
-    from .methods.fastv import FastV, FastVConfig
-    from .methods.mustdrop import THRESHOLD_PRESETS, MustDrop, MustDropConfig
-    from .methods.st3 import ST3, ST3Config
+    """(knob name, [(knob value, method instance)]) from mild to aggressive, from what the method
+    declares it may tune (`Method.calibration`); the other parameters are its defaults (scaled to
+    the model's depth where the defaults do not fit it)."""
+    import dataclasses
 
-    if method == "fastv":
-        return "drop_ratio", [(r, FastV(FastVConfig(drop_ratio=r))) for r in RATIO_GRID]
-    if method == "st3":
-        return "prune_ratio", [(r, ST3(ST3Config(prune_ratio=r))) for r in RATIO_GRID]
-    if method == "mustdrop":
-        layers = tuple(layer for layer in MustDropConfig().filter_layers if layer < num_layers - 1)
-        return "preset", [
-            (budget, MustDrop(MustDropConfig(filter_layers=layers, global_threshold=g, individual_threshold=i)))
-            for budget, (g, i) in ((b, THRESHOLD_PRESETS[b]) for b in MUSTDROP_PRESETS)
-        ]
-    raise UsageError(f"--kl-budget calibration takes fastv, st3 or mustdrop, not '{method}'")
+    from .methods import calibratable, get_method
+
+    if method not in calibratable():
+        raise UsageError(f"'{method}' declares nothing to calibrate; calibratable: {', '.join(sorted(calibratable()))}")
+    method_class = get_method(method)
+    knob = method_class.calibration
+    if knob.search != "kl_budget":
+        raise UsageError(f"--method {method} is calibrated with its own criterion (--eta), not --kl-budget")
+    base = method_class.config_cls()
+    try:
+        base.check_model(num_layers)
+    except Exception:  # noqa: BLE001 - depth-dependent defaults: the method's own scaled setting
+        base = method_class.config_cls.example(num_layers)
+    return knob.name, [(value, method_class(dataclasses.replace(base, **knob.params(value)))) for value in knob.values]
 
 
 def calibrate_knob(loaded, dataset: Dataset, *, method: str, kl_budget: float, progress: Progress | None = None) -> CalibrationResult:
@@ -239,6 +274,7 @@ def calibrated_profile(result: CalibrationResult, info, dataset: Dataset, *, ver
         ("threshold" if result.method == "vtw" else "kl_budget"): result.threshold,
         "curve": [[value, kl] for value, kl in result.curve],
         "chosen": result.chosen,
+        **({"notes": result.notes} if result.notes else {}),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tool_version": version,
         "model_id": info.model_id,

@@ -50,6 +50,12 @@ class Trace:
         """[sample] visual tokens averaged over layers (layer-averaged budget, methods.md §0.2)."""
         return [sum(row) / len(row) for row in self.visual_per_layer]
 
+    @property
+    def layer_averaged_after_pruning(self) -> list[float]:
+        """[sample] the same average with each layer counted after its own pruning (what MustDrop's
+        and SparseVLM's code print): a layer holds the tokens that enter the next one."""
+        return [sum(row[1:] + row[-1:]) / len(row) for row in self.visual_per_layer]
+
 
 @dataclass
 class Timings:

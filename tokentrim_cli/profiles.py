@@ -31,7 +31,7 @@ TOP_LEVEL_KEYS = (
 APPLIES_TO_KEYS = ("models", "architectures", "revision")
 CALIBRATION_KEYS = (
     "dataset", "dataset_hash", "samples", "metric", "threshold", "curve", "date", "tool_version",
-    "model_id", "model_revision", "chosen", "kl_budget",
+    "model_id", "model_revision", "chosen", "kl_budget", "notes",
 )  # fmt: skip
 POSITION_POLICIES = ("keep", "compact")
 

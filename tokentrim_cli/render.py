@@ -92,14 +92,29 @@ def cell(value: object) -> Text:
     return Text(terminal_safe(value))
 
 
-def profiles_table(profiles: list) -> Table:
-    table = Table(title="Trimming profiles (parameters: tokentrim profiles show NAME)")
+def method_traits(method) -> tuple[str, str, str]:
+    """(where it acts, whether it needs attention scores, whether it reads the question)."""
+    where = "+".join(method.where()) or "-"
+    return where, "yes" if method.needs_attention else "no", "yes" if method.reads_question else "no"
+
+
+def profiles_table(profiles: list, *, wide: bool = False) -> Table:
+    """One row per profile: what its method does (where, attention, question) and, with `wide`,
+    the description and the file. "question: no" marks the multi-turn-safe methods."""
+    table = Table(title="Trimming profiles (tokentrim profiles show NAME; --wide for descriptions)")
     table.add_column("name", no_wrap=True, max_width=24, overflow="ellipsis")
     table.add_column("method", no_wrap=True)
-    table.add_column("description", ratio=1, min_width=24)
-    table.add_column("file", no_wrap=True, max_width=28, overflow="ellipsis")
+    table.add_column("acts in", no_wrap=True)
+    table.add_column("attention", no_wrap=True)
+    table.add_column("question", no_wrap=True)
+    if wide:
+        table.add_column("description", ratio=1, min_width=24)
+        table.add_column("file", no_wrap=True, max_width=28, overflow="ellipsis")
     for profile in profiles:
-        table.add_row(cell(profile.name), cell(profile.method), cell(profile.description), cell(_short_source(profile.source)))
+        row = [cell(profile.name), cell(profile.method), *map(cell, method_traits(profile.build_method()))]
+        if wide:
+            row += [cell(profile.description), cell(_short_source(profile.source))]
+        table.add_row(*row)
     return table
 
 
@@ -161,6 +176,7 @@ def calibration_document(result, *, dataset, profile_path: str, versions: dict) 
         "threshold": result.threshold,
         "curve": [{"value": value, "mean_kl": kl} for value, kl in result.curve],
         "per_sample_kl": result.per_sample,
+        "notes": result.notes,
         "samples": result.samples,
         "dataset": dataset.name,
         "dataset_hash": f"sha256:{dataset.sha256}",

@@ -348,6 +348,22 @@ def picture(seed: int):
     return scene(seed)[0]
 
 
+@dataclass(frozen=True)
+class SceneImage:
+    """A scene picture drawn when used (the same interface as inputs.ImageRef)."""
+
+    seed: int
+
+    @property
+    def source(self) -> str:
+        return f"scenes:{self.seed}"
+
+    def load(self):
+        from .inputs import LoadedImage
+
+        return LoadedImage(self.source, picture(self.seed))
+
+
 # ---- scoring ------------------------------------------------------------------------------------
 
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate(

@@ -23,13 +23,23 @@ profiles_app = typer.Typer(
 app.add_typer(profiles_app, name="profiles")
 
 
-@profiles_app.command("list", help="List the profiles reachable by name (./profiles, $TOKENTRIM_PROFILE_DIR, built-in).")
+@profiles_app.command(
+    "list",
+    help=(
+        "List the profiles reachable by name (./profiles, $TOKENTRIM_PROFILE_DIR, the user's folder, "
+        "built-in), with where each method acts (vision: the tower or the projected features; prefill; "
+        "decode), whether it needs attention scores, and whether it reads the question (methods that do "
+        "not are safe across the turns of a chat)."
+    ),
+)
 @reports_errors
-def list_profiles() -> None:
+def list_profiles(
+    wide: Annotated[bool, typer.Option("--wide", help="Also the descriptions and files.")] = False,
+) -> None:
     from .. import profiles, render
 
     good, bad = profiles.list_profiles()
-    out.print(render.profiles_table(good))
+    out.print(render.profiles_table(good, wide=wide))
     for error in bad:  # named, not fatal: one bad file must not hide the others
         err.print(f"Warning: skipped {render.terminal_safe(error, keep_newlines=False)}", markup=False)
 

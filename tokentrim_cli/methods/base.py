@@ -74,6 +74,12 @@ class MethodConfig:
         """Parameters for which the method trims nothing (methods.md §5 item 8)."""
         raise NotImplementedError
 
+    @classmethod
+    def example(cls, num_layers: int) -> MethodConfig:
+        """Parameters that do trim on a decoder of `num_layers` layers (the defaults where they fit):
+        what the engine tests run every registered method with."""
+        return cls()
+
     def check_model(self, num_layers: int) -> None:
         """Raise ParamError if these parameters do not fit a decoder with `num_layers` layers."""
 

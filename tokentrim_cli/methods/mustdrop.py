@@ -11,8 +11,11 @@
    on keeps only the visual entries that survived the last filter.
 
 Differences from the reference code, each deliberate:
-- merged tokens stay at their window's raster slot (the reference moves them to the front; CLIP
-  has no position embedding after layer 0, so the features are the same either way);
+- by default merged tokens stay at their window's raster slot and every token keeps its RoPE
+  position; the reference moves merged tokens to the front of the image span and renumbers positions.
+  In the tower that changes nothing (CLIP adds no position after its embeddings), but the decoder
+  then sees another order and other positions: `merged_first = true` with `position_policy =
+  "compact"` is the reference's layout (the `mustdrop-faithful` profile);
 - every image merges its own mergeable windows (the reference merges the batch minimum), and
   per-sample counts in a batch are padded with masked filler entries (never cut to the minimum);
 - decode positions are consistent per layer under both position policies (methods.md §3.2 C);
@@ -52,6 +55,7 @@ class MustDropConfig(MethodConfig):
     global_threshold: float = 0.001
     individual_threshold: float = 0.001
     output_aware_cache: bool = True
+    merged_first: bool = False  # the reference's order: merged tokens at the front of the image span
 
     def __post_init__(self) -> None:
         # Beyond these a setting cannot mean anything on any LLaVA-family tower (a window wider than
@@ -69,6 +73,11 @@ class MustDropConfig(MethodConfig):
     def neutral(cls, num_layers: int) -> MustDropConfig:
         layers = tuple(layer for layer in cls().filter_layers if layer < num_layers - 1)
         return cls(merge_threshold=2.0, key_fraction=1.0, global_threshold=0.0, individual_threshold=0.0, filter_layers=layers)
+
+    @classmethod
+    def example(cls, num_layers: int) -> MustDropConfig:
+        layers = tuple(sorted({min(max(0, round(layer * num_layers / 32)), num_layers - 2) for layer in cls().filter_layers}))
+        return cls(filter_layers=layers, global_threshold=0.011, individual_threshold=0.01)
 
     def check_model(self, num_layers: int) -> None:
         if self.filter_layers and self.filter_layers[-1] >= num_layers - 1:
@@ -158,40 +167,52 @@ class MustDrop(Method):
         batch, patches = hidden.shape[0], hidden.shape[1] - cls
         slots = torch.arange(patches, device=hidden.device).expand(batch, -1)  # (B, P) slot of each token
         alive = torch.ones(batch, hidden.shape[1], dtype=torch.bool, device=hidden.device)
+        merged = torch.zeros(batch, patches, dtype=torch.bool, device=hidden.device)  # a merged window's token
         for index in range(runner.feature_index):
             hidden = runner.run_layer(index, hidden, key_valid=alive)
             if index == self.config.merge_after_vision_layer and self.config.merge_threshold <= 1.0:
-                hidden, slots, alive = self._merge(hidden, cls, patches)
+                hidden, slots, alive, merged = self._merge(hidden, cls, patches)
         # The key set comes from the layer that reads the features (layer 23 of 24 for LLaVA-1.5).
         scoring_layer = min(runner.feature_index, runner.num_layers - 1)
         queries = "cls" if runner.has_cls else "all"
         probs = runner.attention(scoring_layer, hidden, queries=queries, key_valid=alive).mean(1)  # (B, Q, T)
         attention = _received(probs, alive, runner.has_cls)[:, cls:]  # (B, T')
         projected = runner.project(runner.patch_features(hidden))  # (B, T', D)
-        return self._to_slots(projected, slots, alive[:, cls:], attention, patches)
+        return self._to_slots(projected, slots, alive[:, cls:], attention, patches, merged)
 
     def _merge(self, hidden: Tensor, cls: int, patches: int) -> tuple[Tensor, Tensor, Tensor]:
         side = math.isqrt(patches)
-        rows, slot_rows = [], []
+        window = self.config.merge_window
+        rows, slot_rows, merged_rows = [], [], []
         for image in hidden:
-            merged, keep = window_merge(image[cls:], side=side, window=self.config.merge_window, threshold=self.config.merge_threshold)
-            rows.append(torch.cat([image[:cls], merged[keep]]))
+            tokens, keep = window_merge(image[cls:], side=side, window=window, threshold=self.config.merge_threshold)
+            rows.append(torch.cat([image[:cls], tokens[keep]]))
             slot_rows.append(keep.nonzero().squeeze(1))
+            merged_rows.append(_merged_destinations(keep, side, window)[keep])
         longest = max(r.shape[0] for r in rows)
         packed = hidden.new_zeros(len(rows), longest, hidden.shape[-1])
         slots = torch.zeros(len(rows), longest - cls, dtype=torch.long, device=hidden.device)
         alive = torch.zeros(len(rows), longest, dtype=torch.bool, device=hidden.device)
-        for b, (row, slot_row) in enumerate(zip(rows, slot_rows)):
+        merged = torch.zeros(len(rows), longest - cls, dtype=torch.bool, device=hidden.device)
+        for b, (row, slot_row, merged_row) in enumerate(zip(rows, slot_rows, merged_rows)):
             packed[b, : row.shape[0]] = row
             slots[b, : slot_row.numel()] = slot_row
             alive[b, : row.shape[0]] = True
-        return packed, slots, alive
+            merged[b, : merged_row.numel()] = merged_row
+        return packed, slots, alive, merged
 
-    def _to_slots(self, projected, slots, alive, attention, patches) -> VisionOutput:
+    def _to_slots(self, projected, slots, alive, attention, patches, merged) -> VisionOutput:
+        """Per image: features, kept slots and the key set over the image's placeholders. Tokens sit
+        at their own slot (a merged window's token at its last patch's), or with `merged_first`
+        packed into the first placeholders, merged tokens first, as the reference orders them."""
         features, keep, protected = [], [], []
         for b in range(projected.shape[0]):
             real = alive[b].nonzero().squeeze(1)
             image_slots = slots[b, real]
+            if self.config.merged_first:
+                order = torch.sort((~merged[b, real]).long(), stable=True).indices  # merged first, then raster
+                real = real[order]
+                image_slots = torch.arange(real.numel(), device=real.device)
             full = projected.new_zeros(patches, projected.shape[-1])
             full[image_slots] = projected[b, real]
             kept = torch.zeros(patches, dtype=torch.bool, device=projected.device)
@@ -239,6 +260,19 @@ class MustDrop(Method):
                 keep.append((~stale).nonzero().squeeze(1))
             edits[state.layer] = keep
         return edits
+
+
+def _merged_destinations(keep: Tensor, side: int, window: int) -> Tensor:
+    """(side*side,) True at the token a merged window was merged into (its last patch)."""
+    merged = torch.zeros_like(keep)
+    tiles = side // window
+    for row in range(tiles):
+        for column in range(tiles):
+            first = row * window * side + column * window
+            last = (row * window + window - 1) * side + column * window + window - 1
+            if not bool(keep[first]):
+                merged[last] = True
+    return merged
 
 
 def _received(probs: Tensor, alive: Tensor, has_cls: bool) -> Tensor:

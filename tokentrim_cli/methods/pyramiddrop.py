@@ -40,6 +40,11 @@ class PyramidDropConfig(MethodConfig):
     def neutral(cls, num_layers: int) -> PyramidDropConfig:
         return cls(layers=(1,), ratio=1.0)
 
+    @classmethod
+    def example(cls, num_layers: int) -> PyramidDropConfig:
+        layers = tuple(sorted({min(max(1, round(layer * num_layers / 32)), num_layers - 1) for layer in cls().layers}))
+        return cls(layers=layers)
+
     def check_model(self, num_layers: int) -> None:
         if self.layers[-1] >= num_layers:
             raise ParamError("layers", f"'layers' must lie in [1, {num_layers - 1}] for this model, got {list(self.layers)}")

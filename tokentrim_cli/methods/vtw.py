@@ -32,6 +32,10 @@ class VTWConfig(MethodConfig):
     def neutral(cls, num_layers: int) -> VTWConfig:
         return cls(layer=num_layers)
 
+    @classmethod
+    def example(cls, num_layers: int) -> VTWConfig:
+        return cls(layer=max(1, num_layers // 2))
+
     def check_model(self, num_layers: int) -> None:
         if self.layer > num_layers:
             raise ParamError("layer", f"'layer' must be in [1, {num_layers}] for this model, got {self.layer}")
