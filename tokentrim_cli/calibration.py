@@ -143,7 +143,25 @@ def default_min_layer(num_layers: int) -> int:
     return max(1, round(5 * num_layers / 32))
 
 
-def calibrate_vtw(loaded, dataset: Dataset, *, eta: float, min_layer: int | None = None, progress: Progress | None = None) -> CalibrationResult:
+def _per_sample(dataset: Dataset, row, progress: Progress | None, shard) -> list[list[float]]:
+    """row(sample) for every sample, in order; with several processes each computes the samples
+    i % world == rank and all gather the rows (the progress counts everybody's)."""
+    from .distributed import Shard
+
+    shard = shard or Shard.single()
+    mine = [(i, sample) for i, sample in enumerate(dataset.samples) if i % shard.world == shard.rank]
+    rows, done = [], 0
+    for item in shard.padded([[pair] for pair in mine]):
+        for index, sample in item:
+            rows.append((index, row(sample)))
+        done = shard.total_done(done, len(item))
+        if progress and shard.is_main:
+            progress(done, len(dataset.samples))
+    return [values for _, values in sorted(shard.gather_list(rows))]
+
+
+def calibrate_vtw(loaded, dataset: Dataset, *, eta: float, min_layer: int | None = None, progress: Progress | None = None,
+                  shard=None) -> CalibrationResult:  # fmt: skip
     """VTW's withdrawal layer by the KL criterion, with the shared-prefix evaluation."""
     from .engine.withdrawal import capture_layer_inputs, logits_after_withdrawal
     from .generation import prepare_inputs
@@ -155,16 +173,13 @@ def calibrate_vtw(loaded, dataset: Dataset, *, eta: float, min_layer: int | None
     if not 1 <= min_layer <= num_layers - 1:
         raise UsageError(f"--min-layer must be in [1, {num_layers - 1}] for this model, got {min_layer}")
     candidates = list(range(min_layer, num_layers))
-    started, per_sample = time.perf_counter(), []
-    total = len(dataset.samples) * len(candidates)
-    for index, sample in enumerate(dataset.samples):
+    started = time.perf_counter()
+
+    def row(sample: Sample) -> list[float]:
         captured = capture_layer_inputs(loaded.model, prepare_inputs(loaded, [sample.image.load()], sample.prompt))
-        row = []
-        for position, layer in enumerate(candidates):
-            row.append(kl_divergence(logits_after_withdrawal(loaded.model, captured, layer), captured.logits))
-            if progress:
-                progress(index * len(candidates) + position + 1, total)
-        per_sample.append(row)
+        return [kl_divergence(logits_after_withdrawal(loaded.model, captured, layer), captured.logits) for layer in candidates]
+
+    per_sample = _per_sample(dataset, row, progress, shard)
     curve = [(layer, sum(col) / len(col)) for layer, col in zip(candidates, zip(*per_sample))]
     chosen, qualified = choose_vtw_layer(curve, eta, num_layers)
     return CalibrationResult(
@@ -223,23 +238,21 @@ def knob_candidates(method: str, num_layers: int) -> tuple[str, list[tuple[float
     return knob.name, [(value, method_class(dataclasses.replace(base, **knob.params(value)))) for value in knob.values]
 
 
-def calibrate_knob(loaded, dataset: Dataset, *, method: str, kl_budget: float, progress: Progress | None = None) -> CalibrationResult:
+def calibrate_knob(loaded, dataset: Dataset, *, method: str, kl_budget: float, progress: Progress | None = None,
+                   shard=None) -> CalibrationResult:  # fmt: skip
     """The most aggressive setting of the method's main knob whose mean first-token KL is within budget."""
     if kl_budget <= 0:
         raise InputError(f"--kl-budget must be > 0, got {kl_budget}")
     knob, candidates = knob_candidates(method, loaded.info.num_layers)
     for _, instance in candidates:
         instance.config.check_model(loaded.info.num_layers)
-    started, per_sample = time.perf_counter(), []
-    total = len(dataset.samples) * len(candidates)
-    for index, sample in enumerate(dataset.samples):
+    started = time.perf_counter()
+
+    def row(sample: Sample) -> list[float]:
         full = _last_logits(loaded, sample, None)
-        row = []
-        for position, (_, instance) in enumerate(candidates):
-            row.append(kl_divergence(_last_logits(loaded, sample, instance), full))
-            if progress:
-                progress(index * len(candidates) + position + 1, total)
-        per_sample.append(row)
+        return [kl_divergence(_last_logits(loaded, sample, instance), full) for _, instance in candidates]
+
+    per_sample = _per_sample(dataset, row, progress, shard)
     curve = [(value, sum(col) / len(col)) for (value, _), col in zip(candidates, zip(*per_sample))]
     chosen, qualified = choose_most_aggressive(curve, kl_budget)
     if qualified:

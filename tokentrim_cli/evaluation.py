@@ -1,112 +1,60 @@
-"""Quality of trimming profiles: exact-match accuracy on question/answer data, side by side.
+"""Quality of trimming profiles on an evaluation set, side by side (the sets: benchmarks.py).
 
-Every profile answers the same samples (greedy, batched with left padding); the first profile is
-the reference for retention (accuracy relative to it) and agreement (same normalised answer).
-Visual tokens (input and layer-averaged budgets) and decoder prefill FLOPs come from the trace.
+Every profile answers the same samples (greedy, batched with left padding) through the one
+generation path; the first profile is the reference for retention (score relative to it) and
+agreement (same normalised answer). Visual tokens (input and layer-averaged budgets) and decoder
+prefill FLOPs come from the engine's trace.
+
+Runs can be resumed: with an output folder, each profile's finished samples are kept in
+`<folder>/<profile>.jsonl` (rewritten atomically after every batch) beside `run.json` (what the run
+is); an interrupted run picks up where it stopped. Runs can be sharded: each process of an
+`accelerate launch` answers samples i with i % world == rank, and the main process gathers them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from .errors import EnvironmentProblem, UsageError
-from .inputs import ImageRef, read_image_records
-
-
-@dataclass
-class EvalSample:
-    image: ImageRef | None  # decoded when its batch runs; None for a text-only sample
-    prompt: str
-    answers: list[str]  # any of them counts as correct
+from .benchmarks import (  # noqa: F401  (re-exported: the library's evaluation API)
+    BENCHMARKS, EvalSample, EvalSet, Summary, exact_match, get_benchmark, load_easy_vqa, load_jsonl, load_named,
+    normalize, sample_indices,
+)  # fmt: skip
+from .errors import InputError, UsageError
 
 
 @dataclass
-class EvalSet:
-    samples: list[EvalSample]
-    name: str
-    sha256: str
+class Record:
+    """One profile's answer to one sample, with what the engine did."""
 
-
-def normalize(text: str) -> str:
-    """Case, surrounding and repeated whitespace, and a final period do not count."""
-    return re.sub(r"\s+", " ", text).strip().lower().removesuffix(".").strip()
-
-
-def exact_match(prediction: str, answers: list[str]) -> bool:
-    return normalize(prediction) in {normalize(a) for a in answers}
-
-
-# ---- data -----------------------------------------------------------------------------------------
-
-
-def load_jsonl(path: str, *, limit: int | None = None) -> EvalSet:
-    """{"image": PATH|URL, "prompt": ..., "answer": str | [str, ...]} per line; relative image
-    paths resolve against the file. Raises InputError naming the file and line."""
-
-    def valid(record: dict) -> bool:
-        answers = _answers(record)
-        return isinstance(record.get("prompt"), str) and bool(answers) and all(isinstance(a, str) for a in answers)
-
-    pairs, sha256 = read_image_records(
-        path, valid=valid, expected='{"image": "...", "prompt": "...", "answer": "..." or [...]}', limit=limit,
-        image_optional=True,
-    )
-    samples = [EvalSample(image=image, prompt=record["prompt"], answers=_answers(record)) for record, image in pairs]
-    return EvalSet(samples=samples, name=path, sha256=sha256)
-
-
-def _answers(record: dict):
-    answers = record.get("answer")
-    return [answers] if isinstance(answers, str) else answers if isinstance(answers, list) else None
-
-
-def sample_indices(total: int, *, limit: int | None, seed: int) -> list[int]:
-    """The question indices of a seeded sample, ascending (all of them without a limit)."""
-    if limit is None or limit >= total:
-        return list(range(total))
-    return sorted(random.Random(seed).sample(range(total), limit))
-
-
-def load_easy_vqa(split: str, *, limit: int | None, seed: int) -> EvalSet:
-    """A fixed, seeded sample of easy-VQA's questions (PyPI `easy-vqa`, MIT)."""
-    try:
-        import easy_vqa
-    except ImportError:
-        raise EnvironmentProblem("--dataset easy-vqa needs the easy-vqa package", hint="pip install easy-vqa") from None
-    if split not in ("train", "test"):
-        raise UsageError(f"--split must be train or test, got '{split}'")
-    questions, answers, image_ids = getattr(easy_vqa, f"get_{split}_questions")()
-    paths = getattr(easy_vqa, f"get_{split}_image_paths")()
-    order = sample_indices(len(questions), limit=limit, seed=seed)
-    samples = [EvalSample(ImageRef(paths[image_ids[i]], f"easy-vqa {split} question {i}"), questions[i], [answers[i]])
-               for i in order]  # fmt: skip
-    digest = hashlib.sha256(json.dumps([split, seed, order]).encode())
-    return EvalSet(samples=samples, name=f"easy-vqa {split} ({len(samples)} of {len(questions)}, seed {seed})", sha256=digest.hexdigest())
-
-
-# ---- running ----------------------------------------------------------------------------------------
+    id: str
+    prediction: str
+    visual_input: int
+    layer_averaged: float
+    after_pruning: float
+    prefill_flops: int
 
 
 @dataclass
 class ProfileScores:
     name: str
     sha256: str
-    predictions: list[str] = field(default_factory=list)
-    correct: list[bool] = field(default_factory=list)
-    visual_input: list[int] = field(default_factory=list)
-    visual_layer_averaged: list[float] = field(default_factory=list)
-    prefill_flops: list[int] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)  # in the evaluation set's order
+    summary: Summary | None = None
+    correct: list[float] = field(default_factory=list)  # per-sample score in [0, 1]
     seconds: float = 0.0
 
     @property
+    def predictions(self) -> list[str]:
+        return [r.prediction for r in self.records]
+
+    @property
     def accuracy(self) -> float:
-        return sum(self.correct) / len(self.correct)
+        """The benchmark's headline score (for MME the summed score, otherwise in [0, 1])."""
+        return self.summary.score if self.summary else 0.0
 
 
 @dataclass
@@ -114,7 +62,9 @@ class EvalReport:
     rows: list[ProfileScores]
     dataset: str
     dataset_sha256: str
+    benchmark: str
     samples: int
+    skipped: list[str]  # ids of samples whose image could not be decoded (--skip-bad)
     settings: dict
     provenance: dict
 
@@ -122,16 +72,96 @@ class EvalReport:
     def reference(self) -> ProfileScores:
         return self.rows[0]
 
+    @property
+    def score_name(self) -> str:
+        return self.reference.summary.score_name if self.reference.summary else "accuracy"
+
     def retention(self, row: ProfileScores) -> float | None:
-        """Accuracy as a share of the reference's (None when the reference scored zero)."""
+        """The headline score as a share of the reference's (None when the reference scored zero)."""
         return row.accuracy / self.reference.accuracy if self.reference.accuracy else None
 
     def agreement(self, row: ProfileScores) -> float:
         pairs = zip(row.predictions, self.reference.predictions)
-        return sum(normalize(a) == normalize(b) for a, b in pairs) / self.samples
+        return sum(normalize(a) == normalize(b) for a, b in pairs) / max(1, self.samples)
 
     def flops_ratio(self, row: ProfileScores) -> float:
-        return sum(row.prefill_flops) / sum(self.reference.prefill_flops)
+        reference = sum(r.prefill_flops for r in self.reference.records)
+        return sum(r.prefill_flops for r in row.records) / reference if reference else 1.0
+
+    def mean(self, row: ProfileScores, attribute: str) -> float:
+        values = [getattr(r, attribute) for r in row.records]
+        return sum(values) / len(values) if values else 0.0
+
+
+# ---- the resumable store -------------------------------------------------------------------------------
+
+
+class Store:
+    """Finished records per profile in an output folder (None: kept in memory only)."""
+
+    def __init__(self, folder: str | None, description: dict) -> None:
+        self.folder = Path(folder) if folder else None
+        self.description = description
+        if self.folder is None:
+            return
+        from .files import check_writable, write_text_atomic
+
+        marker = self.folder / "run.json"
+        if marker.is_file():
+            try:
+                existing = json.loads(marker.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise InputError(f"{marker}: unreadable ({e}); remove the folder to start afresh") from None
+            if existing != description:
+                changed = sorted(k for k in set(existing) | set(description) if existing.get(k) != description.get(k))
+                raise UsageError(f"--output-dir {folder} holds another run (it differs in {', '.join(changed)})",
+                                 hint="use a new folder, or the same settings to resume that run")  # fmt: skip
+        else:
+            check_writable(marker)
+            write_text_atomic(marker, json.dumps(description, indent=2) + "\n")
+
+    def _path(self, profile: str) -> Path:
+        slug = "".join(c if c.isalnum() or c in "-._" else "-" for c in profile)
+        return self.folder / f"{slug}.jsonl"
+
+    def load(self, profile: str) -> dict[str, Record]:
+        if self.folder is None or not self._path(profile).is_file():
+            return {}
+        records = {}
+        for line in self._path(profile).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                record = Record(**json.loads(line))
+                records[record.id] = record
+        return records
+
+    def save(self, profile: str, records: dict[str, Record]) -> None:
+        if self.folder is None:
+            return
+        from .files import write_text_atomic
+
+        text = "".join(json.dumps(r.__dict__) + "\n" for r in records.values())
+        write_text_atomic(self._path(profile), text)
+
+
+# ---- running ----------------------------------------------------------------------------------------------
+
+
+def _load_batch(batch: list[EvalSample], skip_bad: bool, skipped: set[str]) -> list[tuple[EvalSample, list]]:
+    """(sample, images) for every sample of the batch whose image decodes; a bad one is an
+    InputError naming it, or (skip_bad) left out and remembered."""
+    loaded = []
+    for sample in batch:
+        if sample.id in skipped:
+            continue
+        try:
+            images = [sample.image.load()] if sample.image is not None else []
+        except InputError as e:
+            if not skip_bad:
+                raise InputError(f"sample {sample.id}: {e}", hint="--skip-bad leaves such samples out and goes on") from None
+            skipped.add(sample.id)
+            continue
+        loaded.append((sample, images))
+    return loaded
 
 
 def evaluate(
@@ -140,40 +170,76 @@ def evaluate(
     evalset: EvalSet,
     *,
     batch_size: int = 8,
-    max_new_tokens: int = 16,
+    max_new_tokens: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    output_dir: str | None = None,
+    skip_bad: bool = False,
+    shard=None,
+    on_skip: Callable[[str], None] | None = None,
 ) -> EvalReport:
-    """Answer every sample with every profile (greedy) and score the answers."""
+    """Answer every sample with every profile (greedy) and score the answers.
+
+    `shard`: a distributed.Shard (rank, world, gather); None for one process."""
+    from .distributed import Shard
     from .generation import answer_batch
     from .metrics import prefill_flops, provenance
     from .profiles import check_fits
 
+    benchmark = BENCHMARKS[evalset.benchmark]
+    max_new_tokens = max_new_tokens or benchmark.max_new_tokens
+    shard = shard or Shard.single()
     info, text = loaded.info, loaded.model.config.text_config
     for profile in profiles:
         check_fits(profile, model_id=info.model_id, model_type=info.model_type, num_layers=info.num_layers)
+    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    description = {"dataset": evalset.name, "dataset_sha256": evalset.sha256, "model": info.model_id,
+                   "revision": info.revision, "dtype": info.dtype, "max_new_tokens": max_new_tokens,
+                   "profiles": {p.name: p.sha256 for p in profiles}}  # fmt: skip
+    store = Store(output_dir if shard.is_main else None, description)
+    shard.barrier()  # run.json checked by the main process before anyone writes
+    mine = [s for i, s in enumerate(evalset.samples) if i % shard.world == shard.rank]
+    skipped: set[str] = set()
     rows, done = [], 0
     total = len(profiles) * len(evalset.samples)
     for profile in profiles:
-        row = ProfileScores(profile.name, profile.sha256)
+        records = store.load(profile.name) if shard.is_main else {}
+        records = shard.broadcast(records)
+        done += len(records)  # finished in an earlier, interrupted run
         started = time.perf_counter()
-        for start in range(0, len(evalset.samples), batch_size):
-            batch = evalset.samples[start : start + batch_size]
-            requests = [([s.image.load()] if s.image else [], s.prompt) for s in batch]
-            texts, trace = answer_batch(loaded, profile, requests, max_new_tokens=max_new_tokens)
-            for b, (sample, prediction) in enumerate(zip(batch, texts)):
-                row.predictions.append(prediction)
-                row.correct.append(exact_match(prediction, sample.answers))
-                row.visual_input.append(trace.visual_input[b])
-                row.visual_layer_averaged.append(trace.layer_averaged[b])
-                row.prefill_flops.append(
-                    prefill_flops(trace.tokens_per_layer[b], hidden=text.hidden_size, intermediate=text.intermediate_size)
-                )
-            done += len(batch)
-            if progress:
+        todo = [s for s in mine if s.id not in records]
+        batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+        for batch in shard.padded(batches):
+            ready = _load_batch(batch, skip_bad, skipped) if batch else []
+            if ready:
+                answers, trace = answer_batch(loaded, profile, [(images, s.prompt) for s, images in ready],
+                                              max_new_tokens=max_new_tokens)  # fmt: skip
+                for b, ((sample, _), answer) in enumerate(zip(ready, answers)):
+                    records[sample.id] = Record(
+                        sample.id, answer, trace.visual_input[b], trace.layer_averaged[b], trace.layer_averaged_after_pruning[b],
+                        prefill_flops(trace.tokens_per_layer[b], hidden=text.hidden_size, intermediate=text.intermediate_size),
+                    )  # fmt: skip
+                store.save(profile.name, records)
+            done = shard.total_done(done, len(batch))  # every process's work: the whole run's progress
+            if progress and shard.is_main:
                 progress(done, total)
-        row.seconds = time.perf_counter() - started
-        rows.append(row)
+        records = shard.gather_records(records)
+        skipped = shard.gather_skipped(skipped)
+        row = ProfileScores(profile.name, profile.sha256)
+        row.seconds = shard.max_seconds(time.perf_counter() - started)
+        rows.append((row, records))
+        if shard.is_main:
+            store.save(profile.name, records)
+    for sample_id in sorted(skipped):
+        if on_skip and shard.is_main:
+            on_skip(sample_id)
+    kept = [s for s in evalset.samples if s.id not in skipped]
+    for row, records in rows:
+        row.records = [records[s.id] for s in kept]
+        row.summary = benchmark.summarize(row.predictions, kept)
+        row.correct = [benchmark.correct(p, s) for p, s in zip(row.predictions, kept)]
     return EvalReport(
-        rows=rows, dataset=evalset.name, dataset_sha256=evalset.sha256, samples=len(evalset.samples),
-        settings={"batch_size": batch_size, "max_new_tokens": max_new_tokens}, provenance=provenance(info),
+        rows=[row for row, _ in rows], dataset=evalset.name, dataset_sha256=evalset.sha256, benchmark=evalset.benchmark,
+        samples=len(kept), skipped=sorted(skipped), settings=settings | {"processes": shard.world},
+        provenance=provenance(info),
     )  # fmt: skip
+

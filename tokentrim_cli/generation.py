@@ -236,10 +236,12 @@ def run(
 
 
 def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        import torch
+    """Wait for queued GPU work on the model's device(s) (a device_map may list several)."""
+    for one in str(device).split(","):
+        if one.startswith("cuda"):
+            import torch
 
-        torch.cuda.synchronize(device)
+            torch.cuda.synchronize(one)
 
 
 class _Clock:

@@ -93,7 +93,8 @@ def provenance(info=None) -> dict:
             return None
 
     if info is not None and info.device.startswith("cuda"):
-        device_name = torch.cuda.get_device_name(info.device)
+        devices = info.device.split(",")
+        device_name = " + ".join(torch.cuda.get_device_name(d) for d in devices if d.startswith("cuda"))
     else:
         device_name = f"CPU: {_cpu_model()}, {torch.get_num_threads()} threads"
     out = {
@@ -223,7 +224,7 @@ def _one_run(loaded, profile, inputs: dict, max_new_tokens: int, *, overhead: bo
 
     from .generation import GenerationSettings, run
 
-    device = loaded.info.device
+    device = loaded.info.device.split(",")[0]
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)

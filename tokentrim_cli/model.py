@@ -278,31 +278,42 @@ def load_llava(
     attn_impl: str = "auto",
     seed: int = 0,
     progress=None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | None = None,
 ) -> Loaded:
     """Load a LLaVA-family model and its processor. Raises ModelUnavailableError (exit 4) and friends.
 
-    `progress(message)` hears about slow first-use steps (assembling the built-in model)."""
+    `progress(message)` hears about slow first-use steps (assembling the built-in model).
+    `device_map` ("auto", "balanced", "sequential" or {module: device}) spreads the model over
+    several devices with accelerate (`max_memory` {device: "20GiB"} bounds each; layers that fit
+    nowhere go to `offload_folder` on disk); the trimming engine then keeps each layer's cache and
+    masks on that layer's device."""
     started = time.perf_counter()
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     attn = "sdpa" if attn_impl == "auto" else attn_impl
+    placement = dict(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder) if device_map else {}
     if model_id.startswith(BUILTIN_PREFIX):
         directory = builtin_directory(model_id, progress=progress)
         model, processor, _, model_type = _load_pretrained(
-            str(directory), revision=None, offline=True, device=device, dtype=torch_dtype, quantize=quantize, attn=attn
-        )
+            str(directory), revision=None, offline=True, device=device, dtype=torch_dtype, quantize=quantize, attn=attn,
+            placement=placement,
+        )  # fmt: skip
         revision_used = builtin_revision(model_id, directory)
     elif model_id.startswith("random:"):
         model, processor = build_random(model_id.split(":", 1)[1], seed=seed, device=device, dtype=torch_dtype)
-        if quantize != "none":
-            model = _quantize_random(model, quantize, device, torch_dtype, attn)
+        if quantize != "none" or placement:
+            model = _reload_random(model, quantize, device, torch_dtype, attn, placement)
         model.set_attn_implementation(attn)
         revision_used, model_type = "random", model.config.model_type
     else:
         model, processor, revision_used, model_type = _load_pretrained(
             model_id, revision=revision, offline=offline, device=device, dtype=torch_dtype,
-            quantize=quantize, attn=attn,
+            quantize=quantize, attn=attn, placement=placement,
         )  # fmt: skip
+    if placement:
+        device = ",".join(sorted({str(d) for d in getattr(model, "hf_device_map", {}).values()})) or device
     info = LoadInfo(
         model_id=model_id,
         revision=revision_used,
@@ -346,7 +357,7 @@ def hub_offline(offline: bool) -> bool:
     return offline or os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "on", "yes", "true")
 
 
-def _load_pretrained(model_id, *, revision, offline, device, dtype, quantize, attn):
+def _load_pretrained(model_id, *, revision, offline, device, dtype, quantize, attn, placement=None):
     import transformers
     from transformers import AutoConfig, AutoProcessor
 
@@ -383,6 +394,7 @@ def _load_pretrained(model_id, *, revision, offline, device, dtype, quantize, at
             raise EnvironmentProblem(f"--quantize {quantize} needs bitsandbytes: {e}") from None
         kwargs["quantization_config"] = _quantization_config(quantize, dtype)
         kwargs["device_map"] = {"": device}
+    kwargs |= placement or {}
     try:
         model = model_class.from_pretrained(model_id, **kwargs)
         processor = AutoProcessor.from_pretrained(model_id, **hub)
@@ -390,7 +402,7 @@ def _load_pretrained(model_id, *, revision, offline, device, dtype, quantize, at
         if type(e).__name__ == "OutOfMemoryError" or isinstance(e, MemoryError):
             raise
         raise ModelUnavailableError(f"cannot load '{model_id}': {_weights_problem(e)}") from None
-    if quantize == "none":
+    if quantize == "none" and not placement:
         model = model.to(device)
     revision_used = "local" if local else (getattr(config, "_commit_hash", None) or revision or "unknown")
     return model, processor, revision_used, model_type
@@ -407,19 +419,28 @@ def _weights_problem(e: Exception) -> str:
     return f"{type(e).__name__}: {text}"
 
 
-def _quantize_random(model, quantize: str, device: str, dtype, attn: str):
-    """bitsandbytes quantizes at load time, so random weights take a round trip through a temp dir."""
+def _reload_random(model, quantize: str, device: str, dtype, attn: str, placement: dict):
+    """bitsandbytes quantizes and accelerate places weights at load time, so random weights take a
+    round trip through a temporary folder."""
     model_class = type(model)
-    with tempfile.TemporaryDirectory(prefix="tokentrim-random-") as tmp:
+    kwargs = dict(dtype=dtype, attn_implementation=attn, device_map={"": device})
+    if quantize != "none":
+        kwargs["quantization_config"] = _quantization_config(quantize, dtype)
+    kwargs |= placement
+    import shutil
+    import weakref
+
+    tmp = tempfile.mkdtemp(prefix="tokentrim-random-")
+    try:
         model.save_pretrained(tmp)
         del model
-        return model_class.from_pretrained(
-            tmp,
-            dtype=dtype,
-            attn_implementation=attn,
-            quantization_config=_quantization_config(quantize, dtype),
-            device_map={"": device},
-        )
+        loaded = model_class.from_pretrained(tmp, **kwargs)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # Disk-offloaded layers may read their weights from the saved files: they live as long as the model.
+    weakref.finalize(loaded, shutil.rmtree, tmp, True)
+    return loaded
 
 
 def quiet_libraries(*, download_progress: bool = False) -> None:

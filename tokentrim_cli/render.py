@@ -371,44 +371,119 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def eval_table(report) -> Table:
-    table = Table(title=f"{report.dataset}: {report.samples} samples, reference: {report.reference.name}")
-    for column in ("profile", "accuracy", "retention", "agreement", "visual in (layer-avg)", "FLOPs ratio", "time s"):
-        table.add_column(column, justify="left" if column == "profile" else "right")
+def _score(report, value: float) -> str:
+    """A headline score: a percentage, or MME's summed points."""
+    return f"{value:.1f}" if report.benchmark == "mme" else f"{value:.1%}"
+
+
+def eval_rows(report) -> list[dict]:
+    """Every column of the eval report, one dict per profile (table, CSV, markdown and JSON)."""
+    rows = []
     for row in report.rows:
-        visual = sum(row.visual_input) / len(row.visual_input)
-        averaged = sum(row.visual_layer_averaged) / len(row.visual_layer_averaged)
-        table.add_row(
-            row.name, f"{row.accuracy:.1%}", _share(report.retention(row)), f"{report.agreement(row):.1%}",
-            f"{visual:.1f} ({averaged:.1f})", f"{report.flops_ratio(row):.3f}", f"{row.seconds:.1f}",
-        )  # fmt: skip
+        entry = {
+            "profile": row.name,
+            report.score_name: row.accuracy,
+            "retention": report.retention(row),
+            "agreement": report.agreement(row),
+            "visual_input": report.mean(row, "visual_input"),
+            "visual_layer_averaged": report.mean(row, "layer_averaged"),
+            "visual_after_pruning": report.mean(row, "after_pruning"),
+            "prefill_flops_ratio": report.flops_ratio(row),
+            "seconds": row.seconds,
+        }
+        for name, value in (row.summary.metrics if row.summary else {}).items():
+            entry.setdefault(name, value)
+        for category, values in (row.summary.categories if row.summary else {}).items():
+            for name, value in values.items():
+                if name != "samples":
+                    entry[f"{category}/{name}"] = value
+        rows.append(entry)
+    return rows
+
+
+def eval_table(report, *, wide: bool = False) -> Table:
+    """Fits 80 columns by default: profile, score, retention, agreement, visual tokens, FLOPs ratio;
+    --wide adds the layer-averaged budgets, time and every metric per category."""
+    title = f"{report.dataset}: {report.samples} samples, reference: {report.reference.name}"
+    if report.skipped:
+        title += f" ({len(report.skipped)} skipped)"
+    table = Table(title=cell(title))
+    columns = ["profile", report.score_name, "retention", "agreement", "visual in (layer-avg)", "FLOPs"]
+    if wide:
+        columns += ["after pruning", "time s"]
+    extra = [k for k in eval_rows(report)[0] if "/" in k or k not in (
+        "profile", report.score_name, "retention", "agreement", "visual_input", "visual_layer_averaged",
+        "visual_after_pruning", "prefill_flops_ratio", "seconds")] if wide else []  # fmt: skip
+    for column in columns + extra:
+        table.add_column(cell(column), justify="left" if column == "profile" else "right", no_wrap=column == "profile")
+    for row, entry in zip(report.rows, eval_rows(report)):
+        values = [
+            cell(row.name), _score(report, row.accuracy), _share(report.retention(row)), f"{report.agreement(row):.1%}",
+            f"{entry['visual_input']:.1f} ({entry['visual_layer_averaged']:.1f})", f"{entry['prefill_flops_ratio']:.3f}",
+        ]  # fmt: skip
+        if wide:
+            values += [f"{entry['visual_after_pruning']:.1f}", f"{row.seconds:.1f}"]
+            values += [f"{entry[k]:.3f}" if isinstance(entry.get(k), float) else str(entry.get(k, "-")) for k in extra]
+        table.add_row(*values)
     return table
+
+
+def eval_csv(report) -> str:
+    import csv
+    import io
+
+    rows = eval_rows(report)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def eval_markdown(report) -> str:
+    rows = eval_rows(report)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+
+    def text(value) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")
+
+    lines = [f"{report.dataset}, {report.samples} samples, reference {report.reference.name}", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]  # fmt: skip
+    lines += ["| " + " | ".join(text(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def eval_document(report) -> dict:
     rows = []
-    for row in report.rows:
+    for row, entry in zip(report.rows, eval_rows(report)):
         rows.append(
             {
                 "profile": row.name,
                 "profile_sha256": row.sha256,
+                "score": row.accuracy,
+                "score_name": report.score_name,
                 "accuracy": row.accuracy,
+                "metrics": row.summary.metrics if row.summary else {},
+                "categories": row.summary.categories if row.summary else {},
                 "retention": report.retention(row),
                 "agreement": report.agreement(row),
-                "visual_tokens": {
-                    "input": sum(row.visual_input) / len(row.visual_input),
-                    "layer_averaged": sum(row.visual_layer_averaged) / len(row.visual_layer_averaged),
-                },
+                "visual_tokens": {"input": entry["visual_input"], "layer_averaged": entry["visual_layer_averaged"]},
+                # MustDrop's and SparseVLM's convention: each layer counted after its own pruning
+                "visual_layer_averaged_after_pruning": entry["visual_after_pruning"],
                 "prefill_flops_ratio": report.flops_ratio(row),
                 "seconds": row.seconds,
                 "predictions": row.predictions,
                 "correct": row.correct,
+                "ids": [r.id for r in row.records],
             }
         )
     return {
         "dataset": report.dataset,
+        "benchmark": report.benchmark,
         "dataset_sha256": report.dataset_sha256,
         "samples": report.samples,
+        "skipped": report.skipped,
         "reference": report.reference.name,
         "settings": report.settings,
         "flops_formula": FLOPS_FORMULA,
@@ -433,7 +508,8 @@ def pareto_frontier(points: list[tuple[float, float]]) -> list[int]:
 def plot_eval(report, path: str | Path, *, fmt: str = "png") -> None:
     """Accuracy against the prefill FLOPs ratio, one point per profile, the Pareto frontier drawn."""
     rows = report.rows
-    points = [(report.flops_ratio(row), row.accuracy * 100) for row in rows]
+    scale = 1 if report.benchmark == "mme" else 100
+    points = [(report.flops_ratio(row), row.accuracy * scale) for row in rows]
     frontier = pareto_frontier(points)
     with _figure(path, fmt, figsize=(7, 4.8)) as (_, axis):
         axis.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue", zorder=3)
@@ -446,6 +522,6 @@ def plot_eval(report, path: str | Path, *, fmt: str = "png") -> None:
             axis.annotate(rows[i].name, points[i], textcoords="offset points", xytext=offset, fontsize=8,
                           arrowprops=dict(arrowstyle="-", color="gray", linewidth=0.5))  # fmt: skip
         axis.set_xlabel("decoder prefill FLOPs (ratio to the reference)")
-        axis.set_ylabel("accuracy (%)")
+        axis.set_ylabel(report.score_name if report.benchmark == "mme" else f"{report.score_name} (%)")
         axis.set_title(f"{report.dataset}\n{_model_line(report.provenance)}", fontsize=9)
         axis.legend(fontsize=8)

@@ -75,7 +75,6 @@ def calibrate(
 ) -> None:
     from .. import __version__, calibration, files, metrics, profiles, render
     from .. import model as model_lib
-
     from ..methods import get_method
 
     withdrawal = get_method(method).calibration.search == "withdrawal_layer"
@@ -90,20 +89,31 @@ def calibrate(
     if withdrawal and eta is None:
         eta, eta_source = calibration.vtw_eta(model_id)
     target = output or f"profiles/{method}-{calibration.model_slug(model_id)}.toml"
+    from ..distributed import Shard
+
+    shard = Shard.from_environment()
+    quiet = quiet or as_json or not shard.is_main
     # Every output target is checked before the work starts, and written together at the end.
     profiles.check_outside_package(target)
     files.check_writable(target)
     plot_fmt = render.plot_format(plot) if plot else None
     dataset = calibration.load_dataset(data, limit=samples)
-    loaded = load_model(model_options, quiet=quiet or as_json)
-    with render.progress_bar(f"Calibrating {method}", enabled=not (quiet or as_json) and err.is_terminal, console=err) as advance:
+    if shard.world > 1:
+        import dataclasses
+
+        model_options = dataclasses.replace(model_options, device=shard.local_device(model_options.device))
+    loaded = load_model(model_options, quiet=quiet)
+    label = f"Calibrating {method}" + (f" ({shard.world} processes)" if shard.world > 1 else "")
+    with render.progress_bar(label, enabled=not quiet and err.is_terminal, console=err) as advance:
         if withdrawal:
-            result = calibration.calibrate_vtw(loaded, dataset, eta=eta, min_layer=min_layer, progress=advance)
+            result = calibration.calibrate_vtw(loaded, dataset, eta=eta, min_layer=min_layer, progress=advance, shard=shard)
             result.notes = [f"eta = {eta:g}: {eta_source}"]
             if data is None:
                 result.notes.append(calibration.REFERENCE_SET_NOTE)
         else:
-            result = calibration.calibrate_knob(loaded, dataset, method=method, kl_budget=kl_budget, progress=advance)
+            result = calibration.calibrate_knob(loaded, dataset, method=method, kl_budget=kl_budget, progress=advance, shard=shard)
+    if not shard.is_main:
+        return
     profile = calibration.calibrated_profile(result, loaded.info, dataset, version=__version__)
     provenance = metrics.provenance(loaded.info)
     text = profiles.profile_text(profile, source=target)

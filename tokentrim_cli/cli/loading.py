@@ -24,9 +24,16 @@ def load_model(options: ModelOptions, *, quiet: bool):
         if show:
             err.print(f"{terminal_safe(message)} ...", markup=False)
 
+    from .options import parse_max_memory
+
+    if (options.max_memory or options.offload_folder) and not options.device_map:
+        from ..errors import UsageError
+
+        raise UsageError("--max-memory and --offload-folder go with --device-map")
     kwargs = dict(
         revision=options.revision, offline=options.offline, device=options.device, dtype=options.dtype.value,
         quantize=options.quantize.value, attn_impl=options.attn_impl.value, progress=progress,
+        device_map=options.device_map, max_memory=parse_max_memory(options.max_memory), offload_folder=options.offload_folder,
     )  # fmt: skip
     if show and err.is_terminal and not model_lib.needs_download_progress(model_id, offline=options.offline):
         with err.status(f"Loading {terminal_safe(model_id)} ..."):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import re
 import typing
 from dataclasses import dataclass, fields
 from typing import Annotated
@@ -52,6 +53,26 @@ def check_threads(value: int | None) -> int | None:
     return value
 
 
+def check_max_memory(value: str | None) -> str | None:
+    """"0=20GiB,1=20GiB,cpu=64GiB": device (a GPU index, cpu or disk) = size."""
+    if value is None:
+        return None
+    for part in value.split(","):
+        device, equals, size = part.partition("=")
+        if not equals or not (device.strip().isdigit() or device.strip() in ("cpu", "disk", "mps")) or not re.fullmatch(
+            r"\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)", size.strip()
+        ):
+            raise typer.BadParameter(f"'{part}' is not DEVICE=SIZE (e.g. 0=20GiB or cpu=64GiB)")
+    return value
+
+
+def parse_max_memory(value: str | None) -> dict | None:
+    if value is None:
+        return None
+    pairs = (part.split("=", 1) for part in value.split(","))
+    return {int(d) if d.strip().isdigit() else d.strip(): size.strip() for d, size in pairs}
+
+
 @dataclass(frozen=True)
 class ModelOptions:
     """Which model to load and how: the same for every command."""
@@ -64,6 +85,9 @@ class ModelOptions:
     quantize: Quantize = Quantize.none
     attn_impl: AttnImpl = AttnImpl.auto
     threads: int | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_folder: str | None = None
 
 
 _MODEL_PARAMETERS = [
@@ -82,6 +106,15 @@ _MODEL_PARAMETERS = [
         ("attn_impl", AttnImpl.auto, Annotated[AttnImpl, typer.Option("--attn-impl", help="Attention implementation (auto = sdpa).")]),
         ("threads", None, Annotated[int | None, typer.Option("--threads", metavar="N", callback=check_threads, show_default=False,
                                                              help="CPU threads for torch (default: torch's choice).")]),
+        ("device_map", None, Annotated[str | None, typer.Option(
+            "--device-map", metavar="auto|balanced|sequential", show_default=False,
+            help="Spread a model too large for one device over several (accelerate); overrides --device.")]),
+        ("max_memory", None, Annotated[str | None, typer.Option(
+            "--max-memory", metavar="0=20GiB,1=20GiB,cpu=64GiB", callback=check_max_memory, show_default=False,
+            help="With --device-map: memory each device may take.")]),
+        ("offload_folder", None, Annotated[str | None, typer.Option(
+            "--offload-folder", metavar="DIR", show_default=False,
+            help="With --device-map: where layers that fit on no device are kept (disk offload).")]),
     )  # fmt: skip
 ]
 _MODEL_NAMES = [f.name for f in fields(ModelOptions)]

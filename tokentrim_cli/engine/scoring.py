@@ -56,11 +56,12 @@ def score_rows(decoder_layer, rows: Tensor, rows_valid: Tensor, row_index: Tenso
     """(B, R, T) attention of the rows `rows` (B, R) of a layer's input `hidden_in` over that
     layer's cached keys. `row_index` (B, R) is each row's logical token index (causality); rows
     that are not real queries (`rows_valid` False) get zeros."""
-    take = rows[..., None]
-    hidden_rows = hidden_in.gather(1, take.expand(-1, -1, hidden_in.shape[-1]))
-    cos_rows = cos.expand(rows.shape[0], -1, -1).gather(1, take.expand(-1, -1, cos.shape[-1]))
-    sin_rows = sin.expand(rows.shape[0], -1, -1).gather(1, take.expand(-1, -1, sin.shape[-1]))
-    allowed = allowed_keys(row_index, key_index, key_valid, query_valid=rows_valid)
+    device = keys.device  # the layer's own device (a model may be spread over several)
+    take = rows.to(device)[..., None]
+    hidden_rows = hidden_in.to(device).gather(1, take.expand(-1, -1, hidden_in.shape[-1]))
+    cos_rows = cos.to(device).expand(rows.shape[0], -1, -1).gather(1, take.expand(-1, -1, cos.shape[-1]))
+    sin_rows = sin.to(device).expand(rows.shape[0], -1, -1).gather(1, take.expand(-1, -1, sin.shape[-1]))
+    allowed = allowed_keys(row_index.to(device), key_index.to(device), key_valid.to(device), query_valid=rows_valid.to(device))
     return attention_rows(decoder_layer, hidden_rows, cos_rows, sin_rows, keys, allowed)
 
 

@@ -33,19 +33,28 @@ class LiveTokens:
         only give samples with fewer kept tokens the batch's length."""
 
         def take(t: Tensor) -> Tensor:
-            return t.gather(1, index)
+            return t.gather(1, index.to(t.device))
 
-        self.hidden = self.hidden.gather(1, index[..., None].expand(-1, -1, self.hidden.shape[-1]))
+        self.hidden = self.hidden.gather(1, index.to(self.hidden.device)[..., None].expand(-1, -1, self.hidden.shape[-1]))
         self.token_index = take(self.token_index)
         self.valid = take(self.valid) & ~filler
         self.is_visual = take(self.is_visual) & ~filler
         self.protected = take(self.protected) & ~filler
         self.rope_position = take(self.rope_position)
-        expanded = index[..., None].expand(-1, -1, self.cos.shape[-1])
+        expanded = index.to(self.cos.device)[..., None].expand(-1, -1, self.cos.shape[-1])
         self.cos = self.cos.expand(index.shape[0], -1, -1).gather(1, expanded)
         self.sin = self.sin.expand(index.shape[0], -1, -1).gather(1, expanded)
         self.untouched = False
         self.all_valid = self.all_valid and not any_filler
+
+    def follow(self) -> None:
+        """Move the per-token bookkeeping to the hidden states' device: with a model spread over
+        several devices (device_map), a layer may hand its output over on another one."""
+        device = self.hidden.device
+        if self.valid.device == device:
+            return
+        for name in ("token_index", "valid", "is_visual", "protected", "rope_position", "cos", "sin"):
+            setattr(self, name, getattr(self, name).to(device))
 
 
 def pad_keep(keep: list[Tensor]) -> tuple[Tensor, Tensor, bool]:

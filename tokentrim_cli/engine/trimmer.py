@@ -228,6 +228,7 @@ class Trimmer:
                 position_ids=position_ids if live.untouched else rope_position, past_key_values=cache, use_cache=True,
                 **kwargs,
             )  # fmt: skip
+            live.follow()
             after = self._live_state(layer_idx, live, cache)
             if query is not None:
                 with self._timed("scoring"):
@@ -237,7 +238,7 @@ class Trimmer:
                         layer, rows, after.query_valid, live.token_index.gather(1, rows), hidden_in, layer_cos, layer_sin,
                         cache.layers[layer_idx].keys, entries.token_index, entries.valid,
                     )  # fmt: skip
-                after.attention = scores[..., -live.token_index.shape[1] :]  # the live tokens are the newest
+                after.attention = scores[..., -live.token_index.shape[1] :].to(live.valid.device)  # the live tokens are the newest
             self._apply(live, self.method.after_layer(after))
         cache.seen_tokens = past + chunk
         cache.meta.decode_steps = 0
@@ -331,6 +332,7 @@ class Trimmer:
             scores = score_rows(layer, rows, rows_valid, token_index, hidden_in, cos, sin, cache.layers[layer_idx].keys,
                                 entries.token_index, entries.valid)  # fmt: skip
         state = self._cache_state(cache, layer_idx, decode_step=decode_step)
+        scores = scores.to(state.valid.device)
         state.attention = scores  # (B, 1, T): the new token over this layer's whole cache
         state.attention_sum = cache.add_attention(layer_idx, scores[:, 0])
         keep = self.method.on_decode_layer(state)
@@ -395,14 +397,14 @@ class Trimmer:
                     base = cache.next_rope_position(layer_idx, live.hidden.shape[0], live.hidden.device)
                     cos, sin = self.language_model.rotary_emb(live.hidden, position_ids=positions.compact(base, live.valid))
                 state.attention = score_rows_before(layer, rows, state.query_valid, live.token_index, live.valid,
-                                                    live.hidden, cos, sin)  # fmt: skip
+                                                    live.hidden, cos, sin).to(live.valid.device)  # fmt: skip
         if self.method.feature_request(layer_idx) and layer_idx > 0:
             count = live.token_index.shape[1]
             entries = cache.entries(layer_idx - 1)
             if not torch.equal(entries.token_index[:, -count:], live.token_index):
                 raise UnsupportedError("a method asked for the previous layer's keys after tokens were dropped behind it")
             keys = cache.layers[layer_idx - 1].keys[:, :, -count:]  # the live tokens are its newest entries
-            state.keys = keys.transpose(1, 2).reshape(keys.shape[0], keys.shape[2], -1)
+            state.keys = keys.transpose(1, 2).reshape(keys.shape[0], keys.shape[2], -1).to(live.valid.device)
             state.normed_hidden = self.language_model.norm(live.hidden)
         return state
 
