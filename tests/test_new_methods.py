@@ -252,13 +252,13 @@ def test_pyramiddrop_matches_oracle(tiny):
     here from stock eager attention with the earlier stages' drops hidden (compact positions)."""
     model, processor = tiny
     inputs = make_inputs(processor, SAMPLES)
-    config = PyramidDropConfig(layers=(1, 3), ratio=0.5)
+    config = PyramidDropConfig(stages=(1, 3), ratio=0.5)
     ids = inputs["input_ids"]
     visual = ids == model.config.image_token_id
     num_layers = len(model.model.language_model.layers)
     hidden = [torch.zeros(ids.shape[0], ids.shape[1], dtype=torch.bool) for _ in range(num_layers)]
     initial = [[run.numel() for run in image_runs(visual[b])] for b in range(ids.shape[0])]
-    for stage, layer in enumerate(config.layers, start=1):
+    for stage, layer in enumerate(config.stages, start=1):
         attention = MaskedReference(model, hidden, compact=True).attentions(inputs)[layer].float().mean(1)[:, -1]
         for b in range(ids.shape[0]):
             alive = visual[b] & ~hidden[layer][b]
@@ -269,7 +269,7 @@ def test_pyramiddrop_matches_oracle(tiny):
                 for later in range(layer, num_layers):
                     hidden[later][b, gone] = True
     hidden_from = {0: torch.zeros(ids.shape[0], ids.shape[1] + STEPS, dtype=torch.bool)}
-    for layer in config.layers:
+    for layer in config.stages:
         hidden_from[layer] = torch.cat([hidden[layer], torch.zeros(ids.shape[0], STEPS, dtype=torch.bool)], 1)
     trimmer = Trimmer(model, PyramidDrop(config), position_policy="compact")
     cache = check_against_oracle(model, inputs, trimmer, hidden_from, compact=True)
@@ -404,7 +404,7 @@ def test_next_crops_keep_their_order_and_budget(tiny_next, method):
 
 @pytest.mark.parametrize("method", [DivPrune(DivPruneConfig(budget=200)), CDPruner(CDPrunerConfig(budget=200)),
                                     DART(DARTConfig(layer=1, budget=200)),
-                                    PyramidDrop(PyramidDropConfig(layers=(1, 2), ratio=0.5)),
+                                    PyramidDrop(PyramidDropConfig(stages=(1, 2), ratio=0.5)),
                                     VisionZip(VisionZipConfig(dominant=216, contextual=144))])  # fmt: skip
 def test_batched_equals_per_sample(tiny, method):
     model, processor = tiny

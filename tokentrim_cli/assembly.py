@@ -327,6 +327,19 @@ def is_intact(directory: Path) -> bool:
         return False
 
 
+def write_checkpoint(directory: Path, folder: Path, say: Progress) -> None:
+    """The full checkpoint (weights, processor, model card) written into `directory`."""
+    model, processor = build_base(say)
+    say("merging the trained projector and adapter")
+    merge_trained(model, folder)
+    say("writing the checkpoint")
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    for name in ("README.md", "training.json"):
+        if (folder / name).is_file():
+            shutil.copy(folder / name, directory / name)
+
+
 def ensure_assembled(progress: Progress | None = None, *, folder: Path = TRAINED_DIR) -> Path:
     """The assembled checkpoint directory, built now if it is missing or damaged."""
     target = assembled_dir(folder)
@@ -337,15 +350,7 @@ def ensure_assembled(progress: Progress | None = None, *, folder: Path = TRAINED
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model, processor = build_base(say)
-        say("merging the trained projector and adapter")
-        merge_trained(model, folder)
-        say("writing the checkpoint")
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        for name in ("README.md", "training.json"):
-            if (folder / name).is_file():
-                shutil.copy(folder / name, staging / name)
+        write_checkpoint(staging, folder, say)
         files = {p.name: file_sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
         marker = {"fingerprint": fingerprint(folder), "carriers": [c.requirement for c in CARRIERS], "files": files}
         (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")

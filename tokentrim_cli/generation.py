@@ -260,32 +260,38 @@ class _Clock:
         pass
 
 
-def _text_clock_class():
-    from transformers import TextStreamer
+class _TextClock(_Clock):
+    """Streams the answer to `on_text` token by token with an incremental decoder: each step
+    decodes only a short window (the tokens since the last text it handed out, and a few before
+    for context), so the cost per token stays constant however long the answer (re-decoding the
+    whole answer every step would be quadratic). Half of a multi-byte character waits for its rest."""
 
-    class TextClock(TextStreamer):
-        """transformers' TextStreamer (incremental: it decodes only the tokens since the last line or
-        word it handed out), handing text to a callback, and noting the first token's time."""
+    def __init__(self, tokenizer, on_text, device) -> None:
+        super().__init__(device)
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the decoding window
+        self.read = 0  # tokens whose text has been handed out
 
-        def __init__(self, tokenizer, on_text, device) -> None:
-            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self.on_text, self.device, self.first_at = on_text, device, None
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-        def put(self, value) -> None:
-            if not self.next_tokens_are_prompt and self.first_at is None:
-                _sync(self.device)
-                self.first_at = time.perf_counter()
-            super().put(value)
+    def put(self, value) -> None:
+        super().put(value)
+        if self.calls == 1:  # the prompt
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        seen = self._decode(self.ids[self.prefix : self.read])
+        text = self._decode(self.ids[self.prefix :])
+        if len(text) > len(seen) and not text.endswith("\ufffd"):
+            self.on_text(text[len(seen) :])
+            self.prefix, self.read = self.read, len(self.ids)
 
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            if text:
-                self.on_text(text)
-
-    return TextClock
-
-
-def _TextClock(tokenizer, on_text, device):  # noqa: N802 - built on first use: transformers loads late
-    return _text_clock_class()(tokenizer, on_text, device)
+    def end(self) -> None:
+        seen = self._decode(self.ids[self.prefix : self.read])
+        text = self._decode(self.ids[self.prefix :])
+        if len(text) > len(seen):
+            self.on_text(text[len(seen) :])
 
 
 class _StopWhen:

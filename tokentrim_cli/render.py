@@ -103,18 +103,19 @@ def profiles_table(profiles: list, *, wide: bool = False) -> Table:
     the description and the file. "question: no" marks the multi-turn-safe methods."""
     table = Table(title="Trimming profiles (tokentrim profiles show NAME; --wide for descriptions)")
     table.add_column("name", no_wrap=True, max_width=24, overflow="ellipsis")
-    table.add_column("method", no_wrap=True)
-    table.add_column("acts in", no_wrap=True)
-    table.add_column("attention", no_wrap=True)
-    table.add_column("question", no_wrap=True)
-    if wide:
-        table.add_column("description", ratio=1, min_width=24)
-        table.add_column("file", no_wrap=True, max_width=28, overflow="ellipsis")
+    if wide:  # the descriptions need the room the trait columns take
+        table.add_column("description", ratio=1, min_width=30)
+        table.add_column("file", no_wrap=True, max_width=22, overflow="ellipsis")
+    else:
+        table.add_column("method", no_wrap=True)
+        table.add_column("acts in", no_wrap=True)
+        table.add_column("attention", no_wrap=True)
+        table.add_column("question", no_wrap=True)
     for profile in profiles:
-        row = [cell(profile.name), cell(profile.method), *map(cell, method_traits(profile.build_method()))]
         if wide:
-            row += [cell(profile.description), cell(_short_source(profile.source))]
-        table.add_row(*row)
+            table.add_row(cell(profile.name), cell(profile.description), cell(_short_source(profile.source)))
+        else:
+            table.add_row(cell(profile.name), cell(profile.method), *map(cell, method_traits(profile.build_method())))
     return table
 
 

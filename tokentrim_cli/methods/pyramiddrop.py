@@ -1,6 +1,6 @@
 """PyramidDrop (Xing et al., CVPR 2025; methods.md §4.3): drop visual tokens stage by stage.
 
-The decoder is split into stages at `layers` (8, 16, 24 on LLaVA-1.5-7B's 32). Before each stage
+The decoder is split into stages at the layers `stages` (8, 16, 24 on LLaVA-1.5-7B's 32). Before each stage
 boundary layer l, the last instruction token's attention under layer l's own projections (its
 input norm, query and key projections and RoPE, computed from layer l's input over the live tokens,
 before it runs) is averaged over heads, and each image keeps its top int(n * ratio^k) tokens at the
@@ -25,29 +25,29 @@ RATIOS = (0.75, 0.5, 0.4, 0.3, 0.25, 0.2)  # calibration, mild to aggressive
 
 @dataclass(frozen=True, kw_only=True)
 class PyramidDropConfig(MethodConfig):
-    """`layers`: the stage boundaries (tokens are ranked and dropped before each); `ratio`: lambda,
+    """`stages`: the layers at the stage boundaries (tokens are ranked and dropped before each); `ratio`: lambda,
     the share of the previous stage's visual tokens each stage keeps. Neutral: ratio 1."""
 
-    layers: tuple[int, ...] = (8, 16, 24)
+    stages: tuple[int, ...] = (8, 16, 24)
     ratio: float = 0.5
 
     def __post_init__(self) -> None:
         check_range("ratio", self.ratio, 0.0, 1.0)
-        if not self.layers or list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 1:
-            raise ParamError("layers", f"'layers' must be ascending, distinct and >= 1, got {list(self.layers)}")
+        if not self.stages or list(self.stages) != sorted(set(self.stages)) or self.stages[0] < 1:
+            raise ParamError("stages", f"'stages' must be ascending, distinct and >= 1, got {list(self.stages)}")
 
     @classmethod
     def neutral(cls, num_layers: int) -> PyramidDropConfig:
-        return cls(layers=(1,), ratio=1.0)
+        return cls(stages=(1,), ratio=1.0)
 
     @classmethod
     def example(cls, num_layers: int) -> PyramidDropConfig:
-        layers = tuple(sorted({min(max(1, round(layer * num_layers / 32)), num_layers - 1) for layer in cls().layers}))
-        return cls(layers=layers)
+        layers = tuple(sorted({min(max(1, round(layer * num_layers / 32)), num_layers - 1) for layer in cls().stages}))
+        return cls(stages=layers)
 
     def check_model(self, num_layers: int) -> None:
-        if self.layers[-1] >= num_layers:
-            raise ParamError("layers", f"'layers' must lie in [1, {num_layers - 1}] for this model, got {list(self.layers)}")
+        if self.stages[-1] >= num_layers:
+            raise ParamError("stages", f"'stages' must lie in [1, {num_layers - 1}] for this model, got {list(self.stages)}")
 
 
 def stage_keep(initial: int, stage: int, ratio: float) -> int:
@@ -65,16 +65,16 @@ class PyramidDrop(Method):
     calibration = Knob("ratio", RATIOS)
 
     def pre_score_request(self, layer: int) -> QuerySpec | None:
-        return QuerySpec.LAST_TOKEN if layer in self.config.layers and self.config.ratio < 1.0 else None
+        return QuerySpec.LAST_TOKEN if layer in self.config.stages and self.config.ratio < 1.0 else None
 
     def before_layer(self, state: LiveState) -> list[Tensor] | None:
         if state.layer == 0:
             state.memory["pdrop_initial"] = PerSample(
                 [[run.numel() for run in image_runs(state.is_visual[b] & state.valid[b])] for b in range(state.batch_size)]
             )
-        if state.layer not in self.config.layers or self.config.ratio == 1.0:
+        if state.layer not in self.config.stages or self.config.ratio == 1.0:
             return None
-        stage = self.config.layers.index(state.layer) + 1
+        stage = self.config.stages.index(state.layer) + 1
         keep = []
         for b in range(state.batch_size):
             visual = state.is_visual[b] & state.valid[b]

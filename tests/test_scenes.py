@@ -1,0 +1,139 @@
+"""The scenes testbed: deterministic per seed, answers recomputed here from the object list (never
+from the generator's own answer code), scoring by hand, disjoint seed spaces."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from tokentrim_cli import scenes
+
+
+def test_pictures_and_questions_are_deterministic_per_seed():
+    first_picture, first_objects = scenes.scene(42)
+    second_picture, second_objects = scenes.scene(42)
+    assert first_objects == second_objects and first_picture.tobytes() == second_picture.tobytes()
+    assert scenes.scene(43)[0].tobytes() != first_picture.tobytes()
+    assert first_picture.size == (336, 336) and first_picture.mode == "RGB"
+    a, b = scenes.evaluation_questions(20), scenes.evaluation_questions(20)
+    assert [(s.seed, s.question) for s in a] == [(s.seed, s.question) for s in b]
+
+
+def test_scenes_have_what_the_testbed_needs():
+    sizes, counts, shapes, colors = set(), Counter(), set(), set()
+    for seed in range(300):
+        objects = scenes.place_objects(random.Random(seed))
+        counts[len(objects)] += 1
+        for o in objects:
+            sizes.add(o.size)
+            shapes.add(o.shape)
+            colors.add(o.color)
+            assert o.radius + scenes.MARGIN <= o.x <= scenes.SIZE - o.radius - scenes.MARGIN
+        for a in objects:  # never overlapping
+            for b in objects:
+                if a is not b:
+                    assert ((a.x - b.x) ** 2 + (a.y - b.y) ** 2) ** 0.5 > a.radius + b.radius
+    assert min(counts) >= 3 and max(counts) == 8
+    assert len(shapes) >= 5 and len(colors) >= 8 and sizes == {"small", "large"}
+    assert scenes.SIZES["small"] * 2 <= 2 * 14 + 2  # a small object spans about 2x2 patches of 14 px
+
+
+def _expected_answer(question: scenes.Question, objects) -> str:
+    """The answer recomputed from the object list by parsing the question text."""
+    text = question.text
+    if question.type == "count_color":
+        color = text.split()[2]
+        return str(sum(o.color == color for o in objects))
+    if question.type == "count_shape":
+        plural = text.split()[2]
+        shape = {v: k for k, v in scenes.PLURALS.items()}[plural]
+        return str(sum(o.shape == shape for o in objects))
+    if question.type == "color":
+        words = text.removeprefix("What color is the ").removesuffix("?").split()
+        matches = [o for o in objects if o.shape == words[-1] and (len(words) == 1 or o.size == words[0])]
+        assert len(matches) == 1
+        return matches[0].color
+    if question.type == "shape":
+        words = text.removeprefix("What shape is the ").removesuffix(" object?").split()
+        matches = [o for o in objects if o.color == words[-1] and (len(words) == 1 or o.size == words[0])]
+        assert len(matches) == 1
+        return matches[0].shape
+    if question.type == "exist":
+        _, _, _, color, shape = text.removesuffix("?").split()
+        return "yes" if any(o.color == color and o.shape == shape for o in objects) else "no"
+    if question.type == "spatial":
+        body = text.removeprefix("Is the ").removesuffix("?")
+        for words, axis, sign in (("to the left of", "x", -1), ("to the right of", "x", 1), ("above", "y", -1), ("below", "y", 1)):
+            if f" {words} the " in body:
+                left, right = body.split(f" {words} the ")
+                break
+        a, b = _find(left, objects), _find(right, objects)
+        delta = getattr(a, axis) - getattr(b, axis)
+        assert abs(delta) >= scenes.RELATION_GAP  # only clear relations are asked about
+        return "yes" if delta * sign > 0 else "no"
+    raise AssertionError(question.type)
+
+
+def _find(name: str, objects):
+    words = name.split()
+    matches = [o for o in objects if o.color == words[-2] and o.shape == words[-1] and (len(words) == 2 or o.size == words[0])]
+    assert len(matches) == 1, name
+    return matches[0]
+
+
+def test_answers_recomputed_from_the_objects():
+    seen = Counter()
+    for item in scenes.evaluation_questions(150):
+        objects = scenes.place_objects(random.Random(item.seed))
+        question = item.question
+        seen[question.type] += 1
+        if question.type == "describe":
+            said = Counter(scenes.mentioned_objects(question.answer))
+            assert said == Counter((o.color, o.shape) for o in objects)
+            assert question.answer.startswith(f"There are {len(objects)} objects: ")
+        else:
+            assert question.answer == _expected_answer(question, objects), question
+    assert set(seen) == set(scenes.TYPES)
+
+
+def test_the_evaluation_set_is_balanced_and_large_enough():
+    questions = scenes.evaluation_questions()
+    types = Counter(q.question.type for q in questions)
+    assert sum(n for t, n in types.items() if t != "describe") >= 2000
+    assert min(types.values()) >= 300
+    for kind in ("exist", "spatial"):
+        answers = Counter(q.question.answer for q in questions if q.question.type == kind)
+        assert abs(answers["yes"] - answers["no"]) <= 0.1 * sum(answers.values())
+
+
+def test_seed_spaces_never_overlap():
+    evaluation = {q.seed for q in scenes.evaluation_questions()}
+    calibration = {s.seed for s in scenes.calibration_samples()}
+    assert max(evaluation) < scenes.CALIBRATION_SEED <= min(calibration)
+    assert max(calibration) < 900_000 < scenes.TRAIN_SEED  # 900,000+: the training script's held-out check
+
+
+def test_describe_scoring_by_hand():
+    objects = [scenes.SceneObject("star", "red", "small", 10, 10, 14), scenes.SceneObject("circle", "blue", "large", 50, 50, 30),
+               scenes.SceneObject("star", "red", "large", 90, 90, 30)]  # fmt: skip
+    recall, precision = scenes.describe_scores("There are 3 objects: a small red star, a large blue circle.", objects)
+    assert recall == pytest.approx(2 / 3) and precision == pytest.approx(1.0)
+    recall, precision = scenes.describe_scores("a red star, a red star, a red star and a green cross", objects)
+    assert recall == pytest.approx(2 / 3) and precision == pytest.approx(2 / 4)
+    assert scenes.describe_scores("nothing here", objects) == (0.0, 0.0)
+
+
+def test_short_answer_normalisation():
+    assert scenes.normalize_short("Two.") == "2" and scenes.normalize_short("The Star!") == "star"
+    assert scenes.normalize_short(" yes ") == "yes"
+
+
+def test_the_chat_sentence_and_the_short_answer_agree():
+    for item in scenes.evaluation_questions(60):
+        question = item.question
+        if question.type in ("color", "shape"):
+            assert question.answer in question.sentence
+        if question.type in ("exist", "spatial"):
+            assert question.sentence.lower().startswith(question.answer)
