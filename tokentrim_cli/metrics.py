@@ -36,14 +36,21 @@ def layer_averaged_budget(visual_per_layer: list[int]) -> float:
 
 
 def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolation percentile (q in [0, 100]), as numpy's default."""
+    """Linear-interpolation percentile (q in [0, 100]), numpy's default: the standard library's
+    inclusive quantiles."""
     if not values:
         raise ValueError("percentile of no values")
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    if len(values) == 1:
+        return float(values[0])
+    if q <= 0 or q >= 100:
+        return float(min(values) if q <= 0 else max(values))
+    cuts = statistics.quantiles(values, n=100, method="inclusive")  # cuts[k-1] is the k-th percentile
+    if float(q).is_integer():
+        return cuts[int(q) - 1]
+    low, high = int(q), int(q) + 1
+    below = cuts[low - 1] if low >= 1 else min(values)
+    above = cuts[high - 1] if high <= 99 else max(values)
+    return below + (above - below) * (q - low)
 
 
 @dataclass(frozen=True)

@@ -273,42 +273,88 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:.1f}"
 
 
-def report_table(report) -> Table:
-    """`tokentrim profile`: one row per configuration."""
-    settings = report.settings
-    table = Table(
-        title=(
-            f"{report.provenance['model']['model_id']} on {report.provenance['device_name']}, "
-            f"{report.provenance['model']['dtype']}, {report.provenance['model']['attn_impl']}, batch {settings['batch_size']}, "
-            f"{settings['prompt_tokens']} prompt tokens, {settings['max_new_tokens']} new tokens, median of {settings['runs']} runs"
-        )
-    )
-    for column, justify in (
-        ("configuration", "left"), ("visual in -> LM (layer-avg)", "right"), ("decoder prefill GFLOPs", "right"),
-        ("TTFT ms (p10-p90)", "right"), (f"TTFT speed-up vs {report.reference} (p10-p90)", "right"),
-        ("decoder-FLOPs-implied", "right"),
-        ("decode tok/s", "right"), ("end-to-end s", "right"), ("KV MiB prefill / end", "right"), ("peak MiB", "right"),
-        ("trim overhead ms", "right"),
-    ):  # fmt: skip
-        table.add_column(column, justify=justify)
+def report_rows(report) -> list[dict]:
+    """Every column of the profile report, one dict per configuration (CSV, markdown, JSON, --wide)."""
+    rows = []
     for row in report.rows:
-        ttft = Stats.of(row.ttft_s)
-        speedup = report.speedup(row.name)
-        overhead = "-" if row.overhead_s is None else f"{sum(row.overhead_s.values()) * 1e3:.1f}"
-        table.add_row(
-            row.name,
-            f"{row.visual_before} -> {row.visual_input} ({row.visual_layer_averaged:.1f})",
-            f"{row.prefill_flops / 1e9:.2f}",
-            f"{ttft.median * 1e3:.1f} ({ttft.p10 * 1e3:.1f}-{ttft.p90 * 1e3:.1f})",
-            f"{speedup.median:.2f}x ({speedup.p10:.2f}-{speedup.p90:.2f})",
-            f"{report.flops_speedup(row.name):.2f}x",
-            f"{Stats.of(row.decode_tokens_per_s).median:.1f}",
-            f"{Stats.of(row.end_to_end_s).median:.2f}",
-            f"{_mib(row.kv_bytes_after_prefill)} / {_mib(row.kv_bytes_end)}",
-            _mib(row.peak_memory_bytes),
-            overhead,
-        )
+        ttft, speedup = Stats.of(row.ttft_s), report.speedup(row.name)
+        rows.append({
+            "configuration": row.name,
+            "visual_before": row.visual_before, "visual_input": row.visual_input,
+            "visual_layer_averaged": row.visual_layer_averaged,
+            "prefill_gflops": row.prefill_flops / 1e9,
+            "ttft_ms": ttft.median * 1e3, "ttft_ms_p10": ttft.p10 * 1e3, "ttft_ms_p90": ttft.p90 * 1e3,
+            "speedup": speedup.median, "speedup_p10": speedup.p10, "speedup_p90": speedup.p90,
+            "flops_implied_speedup": report.flops_speedup(row.name),
+            "decode_tokens_per_s": Stats.of(row.decode_tokens_per_s).median,
+            "end_to_end_s": Stats.of(row.end_to_end_s).median,
+            "kv_mib_after_prefill": row.kv_bytes_after_prefill / 2**20, "kv_mib_end": row.kv_bytes_end / 2**20,
+            "peak_mib": None if row.peak_memory_bytes is None else row.peak_memory_bytes / 2**20,
+            "trim_overhead_ms": None if row.overhead_s is None else sum(row.overhead_s.values()) * 1e3,
+        })  # fmt: skip
+    return rows
+
+
+def report_table(report, *, wide: bool = False) -> Table:
+    """`tokentrim profile`: one row per configuration. The default columns fit a 100-column
+    terminal; --wide adds spreads, GFLOPs, end-to-end time, prefill KV, peak memory and overhead."""
+    settings, model = report.settings, report.provenance["model"]
+    table = Table(title=cell(
+        f"{model['model_id']} on {report.provenance['device_name']}, {model['dtype']}, {model['attn_impl']}, "
+        f"batch {settings['batch_size']}, {settings['prompt_tokens']} prompt tokens, {settings['max_new_tokens']} new "
+        f"tokens, median of {settings['runs']} runs"
+    ), caption=cell(
+        f"visual: tokens in -> entering the LM (layer-averaged); speed-up: measured TTFT vs {report.reference}; "
+        "implied: what the decoder FLOPs predict; KV: cache at the end"
+    ))  # fmt: skip
+    columns = ["configuration", "visual (avg)", "TTFT ms", "speed-up", "implied", "decode tok/s", "KV MiB"]
+    if wide:
+        columns += ["TTFT p10-p90", "speed-up p10-p90", "prefill GFLOPs", "end-to-end s", "KV MiB prefill",
+                    "peak MiB", "trim overhead ms"]  # fmt: skip
+    for column in columns:
+        table.add_column(cell(column), justify="left" if column == "configuration" else "right", no_wrap=column == "configuration")
+    for entry in report_rows(report):
+        values = [
+            cell(entry["configuration"]), f"{entry['visual_before']}->{entry['visual_input']} ({entry['visual_layer_averaged']:.1f})",
+            f"{entry['ttft_ms']:.1f}",
+            f"{entry['speedup']:.2f}x", f"{entry['flops_implied_speedup']:.2f}x", f"{entry['decode_tokens_per_s']:.1f}",
+            f"{entry['kv_mib_end']:.1f}",
+        ]  # fmt: skip
+        if wide:
+            values += [
+                f"{entry['ttft_ms_p10']:.1f}-{entry['ttft_ms_p90']:.1f}",
+                f"{entry['speedup_p10']:.2f}-{entry['speedup_p90']:.2f}", f"{entry['prefill_gflops']:.2f}",
+                f"{entry['end_to_end_s']:.2f}", f"{entry['kv_mib_after_prefill']:.1f}",
+                "-" if entry["peak_mib"] is None else f"{entry['peak_mib']:.1f}",
+                "-" if entry["trim_overhead_ms"] is None else f"{entry['trim_overhead_ms']:.1f}",
+            ]  # fmt: skip
+        table.add_row(*values)
     return table
+
+
+def rows_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def rows_markdown(rows: list[dict], title: str) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+
+    def text(value) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")
+
+    lines = [title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(text(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def report_document(report) -> dict:
@@ -430,29 +476,11 @@ def eval_table(report, *, wide: bool = False) -> Table:
 
 
 def eval_csv(report) -> str:
-    import csv
-    import io
-
-    rows = eval_rows(report)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return rows_csv(eval_rows(report))
 
 
 def eval_markdown(report) -> str:
-    rows = eval_rows(report)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-
-    def text(value) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")
-
-    lines = [f"{report.dataset}, {report.samples} samples, reference {report.reference.name}", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]  # fmt: skip
-    lines += ["| " + " | ".join(text(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return rows_markdown(eval_rows(report), f"{report.dataset}, {report.samples} samples, reference {report.reference.name}")
 
 
 def eval_document(report) -> dict:

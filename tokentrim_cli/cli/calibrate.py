@@ -57,17 +57,17 @@ def calibrate(
     ] = "vtw",
     data: Annotated[
         str | None,
-        typer.Option("--data", help='JSONL, one {"image": PATH|URL, "prompt": ...} per line; default: the built-in set.'),
+        typer.Option("--data", metavar="FILE.jsonl", help='JSONL, one {"image": PATH|URL, "prompt": ...} per line; default: the built-in set.'),
     ] = None,
     samples: Annotated[int | None, typer.Option("--samples", min=1, help="Use the first N samples.")] = None,
     eta: Annotated[
         float | None, typer.Option("--eta", metavar="X", show_default=False,
                                    help="VTW: mean KL threshold (default: the reference's for the checkpoint, else 0.003).")
     ] = None,
-    min_layer: Annotated[int | None, typer.Option("--min-layer", help="VTW: smallest candidate K (default: 5 of 32, scaled).")] = None,
+    min_layer: Annotated[int | None, typer.Option("--min-layer", metavar="K", help="VTW: smallest candidate K (default: 5 of 32, scaled).")] = None,
     kl_budget: Annotated[float | None, typer.Option("--kl-budget", metavar="X", help="Every method but VTW: the mean KL allowed.")] = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Profile to write (default: profiles/<method>-<model>.toml).")] = None,
-    plot: Annotated[str | None, typer.Option("--plot", help="Also draw the KL curve to this PNG file.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", metavar="FILE.toml", help="Profile to write (default: profiles/<method>-<model>.toml).")] = None,
+    plot: Annotated[str | None, typer.Option("--plot", metavar="FILE.png", help="Also draw the KL curve.")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     *,
@@ -125,7 +125,7 @@ def calibrate(
         document = render.calibration_document(result, dataset=dataset, profile_path=str(target), versions=provenance)
         out.file.write(json.dumps(document, indent=2) + "\n")
         return
-    out.print(render.calibration_table(result))
+    out.print(render.calibration_table(result), soft_wrap=False)
     for note in result.notes:
         err.print(f"Note: {note}", markup=False)
     if not result.qualified:

@@ -10,7 +10,8 @@ from .options import JsonOpt
     help=(
         "Show versions, devices, cache paths and the random:<shape> models.\n\n"
         "Examples:\n\n"
-        "  tokentrim env\n\n"
+        "\b\n"
+        "  tokentrim env\n"
         "  tokentrim env --json"
     )
 )
@@ -36,5 +37,5 @@ def env(as_json: JsonOpt = False) -> None:
         out.file.write(render.to_json(facts) + "\n")
         return
     rows = [(k, ", ".join(v) if isinstance(v, list) else str(v)) for k, v in facts.items() if k != "random_shapes"]
-    out.print(render.key_value_table("tokentrim environment", rows))
-    out.print(render.key_value_table("random:<shape> models (random weights, exact architecture)", model.shape_table()))
+    out.print(render.key_value_table("tokentrim environment", rows), soft_wrap=False)
+    out.print(render.key_value_table("random:<shape> models (random weights, exact architecture)", model.shape_table()), soft_wrap=False)

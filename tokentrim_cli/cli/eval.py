@@ -10,7 +10,7 @@ import typer
 from ..errors import UsageError
 from . import app, err, out, reports_errors
 from .loading import check_profiles_fit, load_model
-from .options import MAX_SEED, JsonOpt, ModelOptions, QuietOpt, with_model_options
+from .options import JsonOpt, ModelOptions, QuietOpt, check_seed, with_model_options
 
 
 class Format(str, enum.Enum):
@@ -68,7 +68,7 @@ def evaluate(
     ] = None,
     split: Annotated[str | None, typer.Option("--split", metavar="NAME", help="Split of --dataset (default: its evaluation split).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, metavar="N", help="At most N samples (a seeded sample for --dataset).")] = None,
-    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, metavar="N", help="Seed of the --limit sample.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", callback=check_seed, help="Seed of the --limit sample.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N", help="Samples per generate() call.")] = 8,
     max_new_tokens: Annotated[
         int | None, typer.Option("--max-new-tokens", "--max-tokens", min=1, metavar="N", show_default=False,
@@ -132,4 +132,4 @@ def evaluate(
     elif fmt is Format.markdown:
         out.file.write(render.eval_markdown(report))
     else:
-        out.print(render.eval_table(report, wide=wide))
+        out.print(render.eval_table(report, wide=wide), soft_wrap=False)

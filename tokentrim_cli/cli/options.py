@@ -16,9 +16,17 @@ from typing import Annotated
 
 import typer
 
+MAX_SEED = 2**63 - 1  # methods.base.MAX_SEED, without importing torch for --help
+
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_PROFILE = "baseline"
-MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+
+
+def check_seed(value: int | None) -> int | None:
+    """A callback rather than min/max: Click would print the 19-digit bound in every --help."""
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise typer.BadParameter(f"must be in [0, 2**63 - 1], got {value}")
+    return value
 
 
 class DType(str, enum.Enum):
@@ -143,4 +151,4 @@ ProfileOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No spinner, no summary line.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Per-layer visual tokens and KV entries.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, metavar="N", help="Seed for sampling.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", metavar="N", callback=check_seed, help="Seed for sampling.")]

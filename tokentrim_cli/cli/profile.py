@@ -10,6 +10,7 @@ import typer
 from ..errors import OutOfMemoryError, UsageError
 from . import app, err, out, reports_errors
 from .loading import load_model
+from .eval import Format
 from .options import (
     JsonOpt,
     ModelOptions,
@@ -26,26 +27,30 @@ from .options import (
         "EOS is ignored so every profile generates --max-new-tokens tokens. A 'stock' row runs "
         "transformers without tokentrim, to show the engine's own overhead.\n\n"
         "Examples:\n\n"
-        "  tokentrim profile --profile st3 --compare baseline -m random:cpu-576 -i cat.jpg\n\n"
-        "  tokentrim profile --profile vtw --profile fastv --compare baseline -m llava-hf/llava-1.5-7b-hf -i cat.jpg --runs 20\n\n"
-        "  tokentrim profile --profile st3 --compare baseline -m random:llava-1.5-7b --batch-size 16 --json > st3.json"
+        "\b\n"
+        "  tokentrim profile --profile st3 --compare baseline -m random:cpu-576 -i cat.jpg\n"
+        "  tokentrim profile --profile vtw --profile fastv --compare baseline -m llava-hf/llava-1.5-7b-hf -i cat.jpg --runs 20\n"
+        "  tokentrim profile --profile st3 --compare baseline -m random:llava-1.5-7b --batch-size 16 --json > st3.json\n"
+        "  tokentrim profile --profile visionzip-64 --profile dart-64 -i cat.jpg --format csv > speed.csv"
     )
 )
 @reports_errors
 @with_model_options
 def profile(
-    profiles_: Annotated[list[str] | None, typer.Option("--profile", help="Trimming profile to measure; repeatable.")] = None,
+    profiles_: Annotated[list[str] | None, typer.Option("--profile", metavar="NAME|PATH", help="Trimming profile to measure; repeatable.")] = None,
     compare: Annotated[
-        list[str] | None, typer.Option("--compare", help="Profile to compare against; repeatable; the first is the reference.")
+        list[str] | None, typer.Option("--compare", metavar="NAME|PATH", help="Profile to compare against; repeatable; the first is the reference.")
     ] = None,
-    image: Annotated[list[str] | None, typer.Option("--image", "-i", help="Image path or URL; repeatable (default: the sample picture).")] = None,
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The question.")] = "Describe this picture in detail.",
+    image: Annotated[list[str] | None, typer.Option("--image", "-i", metavar="PATH|URL", help="Image path or URL; repeatable (default: the sample picture).")] = None,
+    prompt: Annotated[str, typer.Option("--prompt", "-p", metavar="TEXT", help="The question.")] = "Describe this picture in detail.",
     runs: Annotated[int, typer.Option("--runs", min=1, help="Measured runs per profile (>= 10 on GPU).")] = 5,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Unmeasured runs first.")] = 1,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "--max-tokens", min=1, help="Tokens every profile generates.")] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="The same image and prompt this many times.")] = 1,
     no_stock: Annotated[bool, typer.Option("--no-stock", help="Skip the stock transformers row.")] = False,
-    plot: Annotated[str | None, typer.Option("--plot", help="Draw speed-ups and KV memory to this PNG file.")] = None,
+    plot: Annotated[str | None, typer.Option("--plot", metavar="FILE.png", help="Draw speed-ups and KV memory.")] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="How to print the results (csv, markdown, json: every column).")] = Format.table,
+    wide: Annotated[bool, typer.Option("--wide", help="Every column in the table.")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     *,
@@ -109,10 +114,16 @@ def profile(
     if plot:
         with files.staged_outputs([plot]) as (staged,):
             render.plot_report(report, staged, fmt=plot_fmt)
-    if as_json:
+    if as_json or fmt is Format.json:
         out.file.write(json.dumps(render.report_document(report), indent=2) + "\n")
         return
-    out.print(render.report_table(report))
+    if fmt is Format.csv:
+        out.file.write(render.rows_csv(render.report_rows(report)))
+        return
+    if fmt is Format.markdown:
+        out.file.write(render.rows_markdown(render.report_rows(report), f"{info.model_id}, batch {batch_size}"))
+        return
+    out.print(render.report_table(report, wide=wide), soft_wrap=False)
     if warning := render.runs_warning(report):
         err.print(f"Note: {warning}", markup=False)
     if info.device == "cpu":

@@ -15,8 +15,9 @@ profiles_app = typer.Typer(
     help=(
         "List, show and validate trimming profiles (TOML files).\n\n"
         "Examples:\n\n"
-        "  tokentrim profiles list\n\n"
-        "  tokentrim profiles show fastv\n\n"
+        "\b\n"
+        "  tokentrim profiles list --wide\n"
+        "  tokentrim profiles show fastv\n"
         "  tokentrim profiles validate my-profile.toml"
     ),
 )
@@ -39,7 +40,7 @@ def list_profiles(
     from .. import profiles, render
 
     good, bad = profiles.list_profiles()
-    out.print(render.profiles_table(good, wide=wide))
+    out.print(render.profiles_table(good, wide=wide), soft_wrap=False)
     for error in bad:  # named, not fatal: one bad file must not hide the others
         err.print(f"Warning: skipped {render.terminal_safe(error, keep_newlines=False)}", markup=False)
 
