@@ -16,8 +16,8 @@ runner = CliRunner()
 TINY = ["-m", "random:tiny"]
 
 
-def invoke(*args, input=None):
-    return runner.invoke(app, list(args), input=input)
+def invoke(*args, input=None, env=None):
+    return runner.invoke(app, list(args), input=input, env=env)
 
 
 @pytest.fixture
@@ -149,8 +149,14 @@ def test_bad_enum_value_is_a_usage_error(red):
 
 
 def test_profiles_list_show_validate(tmp_path):
-    listed = invoke("profiles", "list")
+    listed = invoke("profiles", "list", env={"COLUMNS": "120"})
     assert listed.exit_code == 0 and all(name in listed.stdout for name in ("baseline", "fastv", "vtw"))
+    rows = {cells[0]: cells[1:] for line in listed.stdout.splitlines() if line.startswith("│")
+            for cells in [[c.strip() for c in line.split("│")[1:-1]]]}  # fmt: skip
+    assert rows["divprune-64"] == ["divprune", "vision", "no", "no"]  # attention-free, question-agnostic
+    assert rows["fastv"] == ["fastv", "prefill", "yes", "yes"]
+    assert rows["st3"] == ["st3", "prefill + decode", "yes", "yes"]
+    assert rows["mustdrop"] == ["mustdrop", "vision + prefill + decode", "yes", "yes"]
     shown = invoke("profiles", "show", "fastv")
     assert shown.exit_code == 0 and 'method = "fastv"' in shown.stdout
     bad = tmp_path / "bad.toml"

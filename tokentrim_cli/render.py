@@ -94,7 +94,7 @@ def cell(value: object) -> Text:
 
 def method_traits(method) -> tuple[str, str, str]:
     """(where it acts, whether it needs attention scores, whether it reads the question)."""
-    where = "+".join(method.where()) or "-"
+    where = " + ".join(method.where()) or "-"
     return where, "yes" if method.needs_attention else "no", "yes" if method.reads_question else "no"
 
 
@@ -108,9 +108,9 @@ def profiles_table(profiles: list, *, wide: bool = False) -> Table:
         table.add_column("file", no_wrap=True, max_width=22, overflow="ellipsis")
     else:
         table.add_column("method", no_wrap=True)
-        table.add_column("acts in", no_wrap=True)
-        table.add_column("attention", no_wrap=True)
-        table.add_column("question", no_wrap=True)
+        table.add_column("acts in")  # may wrap at its spaces: "vision + prefill + decode"
+        table.add_column("attention", no_wrap=True, min_width=9)
+        table.add_column("question", no_wrap=True, min_width=8)
     for profile in profiles:
         if wide:
             table.add_row(cell(profile.name), cell(profile.description), cell(_short_source(profile.source)))
