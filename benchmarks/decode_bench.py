@@ -64,7 +64,8 @@ def scaled_profiles(names: list[str], num_layers: int) -> dict:
                 if ("layer" in field.name or field.name == "stages") and isinstance(value, int):
                     scaled[field.name] = max(1, min(num_layers - 1, round(value * num_layers / 32)))
                 elif ("layers" in field.name or field.name == "stages") and isinstance(value, tuple):
-                    scaled[field.name] = tuple(sorted({max(0, min(num_layers - 2, round(v * num_layers / 32))) for v in value}))
+                    low = 1 if field.name == "stages" else 0  # a stage ends after at least one layer
+                    scaled[field.name] = tuple(sorted({max(low, min(num_layers - 2, round(v * num_layers / 32))) for v in value}))
             profile = dataclasses.replace(profile, params=dataclasses.replace(params, **scaled))
             check_fits(profile, model_id="bench", model_type="llava", num_layers=num_layers)
         chosen[name] = profile

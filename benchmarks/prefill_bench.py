@@ -43,15 +43,23 @@ from tokentrim_cli.model import load_llava  # noqa: E402
 PROMPT = "Describe this picture in detail: the objects, their colours and where they are."
 
 
+NEW_METHOD_PROFILES = ("visionzip-64", "dart-64", "divprune-64", "cdpruner-64", "pyramiddrop-64", "random-64")
+
+
 def configurations(num_layers: int) -> dict:
-    """name -> trimming method (None = stock transformers, no engine installed)."""
+    """name -> (trimming method, position policy); (None, None) = stock transformers, no engine.
+
+    The seed methods with their reference settings, then the shipped 64-token profiles of the
+    newer methods (layers scaled to the depth by decode_bench.scaled_profiles), each with its own
+    position policy."""
+    from decode_bench import scaled_profiles
 
     def scaled(layer: int) -> int:  # a layer of LLaVA-1.5-7B's 32, at the same depth share here
         return max(1, round(layer * num_layers / 32))
 
     vtw_layer = scaled(16)
     filter_layers = tuple(sorted({min(scaled(layer), num_layers - 2) for layer in (2, 6, 10, 14)}))
-    return {
+    seeds = {
         "stock": None,
         "baseline": NoTrimming(NoTrimming.Config()),
         f"vtw(K={vtw_layer})": VTW(VTWConfig(layer=vtw_layer)),
@@ -64,9 +72,14 @@ def configurations(num_layers: int) -> dict:
             MustDropConfig(filter_layers=filter_layers, global_threshold=0.011, individual_threshold=0.01)
         ),
     }
+    chosen = {name: (method, None if method is None else "keep") for name, method in seeds.items()}
+    for name, profile in scaled_profiles(list(NEW_METHOD_PROFILES), num_layers).items():
+        if profile is not None:
+            chosen[name] = (profile.build_method(), profile.position_policy)
+    return chosen
 
 
-def decoder_prefill(model, inputs, image_features, method, timer):
+def decoder_prefill(model, inputs, image_features, method, policy, timer):
     """One timed decoder prefill; returns (seconds, cache)."""
     kwargs = dict(
         input_ids=inputs["input_ids"],
@@ -79,7 +92,7 @@ def decoder_prefill(model, inputs, image_features, method, timer):
             with timer:
                 out = model(**kwargs, mm_encoder_outputs={"image": image_features})
             return timer.seconds, out.past_key_values
-        with Trimmer(model, method) as trimmer:
+        with Trimmer(model, method, position_policy=policy) as trimmer:
             features = image_features
             if method.has_vision_stage():  # untimed, like the stock features above
                 features = model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True)
@@ -88,7 +101,7 @@ def decoder_prefill(model, inputs, image_features, method, timer):
         return timer.seconds, trimmer.last_cache
 
 
-def answer(model, inputs, method, new_tokens: int) -> dict:
+def answer(model, inputs, method, policy, new_tokens: int) -> dict:
     """A fixed-length answer (EOS ignored): seconds, KV bytes after prefill and at the end."""
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, return_dict_in_generate=True)
     started = time.perf_counter()
@@ -99,20 +112,20 @@ def answer(model, inputs, method, new_tokens: int) -> dict:
             seconds = time.perf_counter() - started
             end_bytes = sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
             return {"seconds": seconds, "kv_bytes_end": end_bytes, "kv_entries_end": stored_lengths(cache)}
-        with Trimmer(model, method) as trimmer:
+        with Trimmer(model, method, position_policy=policy) as trimmer:
             model.generate(**inputs, **kwargs)
         seconds = time.perf_counter() - started
     cache = trimmer.last_cache
     return {"seconds": seconds, "kv_bytes_end": cache.nbytes(), "kv_entries_end": cache.lengths()}
 
 
-def full_prefill(model, inputs, method, timer) -> float:
+def full_prefill(model, inputs, method, policy, timer) -> float:
     with torch.inference_mode():
         if method is None:
             with timer:
                 model(**inputs, use_cache=True, logits_to_keep=1)
         else:
-            with Trimmer(model, method), timer:
+            with Trimmer(model, method, position_policy=policy), timer:
                 model(**inputs, use_cache=True, logits_to_keep=1)
     return timer.seconds
 
@@ -131,6 +144,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=128, help="answer length for the decode phase (0: skip)")
     parser.add_argument("--decode-runs", type=int, default=2)
+    parser.add_argument("--only", nargs="+", default=None, help="these configurations (and stock, baseline)")
     parser.add_argument("--output", default="benchmarks/results/prefill-cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -143,6 +157,11 @@ def main() -> None:
     with torch.inference_mode():
         image_features = model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True)
     configs = configurations(info.num_layers)
+    if args.only:
+        unknown = set(args.only) - set(configs)
+        if unknown:
+            parser.error(f"unknown configurations {sorted(unknown)}; known: {list(configs)}")
+        configs = {name: configs[name] for name in configs if name in args.only or name in ("stock", "baseline")}
     timer = Timer(info.device)
     decoder_s = {name: [] for name in configs}
     full_s = {name: [] for name in configs}
@@ -151,9 +170,9 @@ def main() -> None:
         # Interleaved, and every other round in reverse order (A B C, C B A, ...), so drift and
         # position effects hit every configuration alike.
         order = list(configs.items()) if run % 2 == 0 else list(reversed(configs.items()))
-        for name, method in order:
-            seconds, cache = decoder_prefill(model, inputs, image_features, method, timer)
-            full = full_prefill(model, inputs, method, timer)
+        for name, (method, policy) in order:
+            seconds, cache = decoder_prefill(model, inputs, image_features, method, policy, timer)
+            full = full_prefill(model, inputs, method, policy, timer)
             if run >= args.warmup:
                 decoder_s[name].append(seconds)
                 full_s[name].append(full)
@@ -163,8 +182,8 @@ def main() -> None:
     answers = {name: [] for name in configs}
     for run in range(1 + args.decode_runs if args.new_tokens else 0):
         order = list(configs.items()) if run % 2 == 0 else list(reversed(configs.items()))
-        for name, method in order:
-            result = answer(model, inputs, method, args.new_tokens)
+        for name, (method, policy) in order:
+            result = answer(model, inputs, method, policy, args.new_tokens)
             if run:  # the first round warms up
                 answers[name].append(result)
         print(f"decode run {run + 1}/{1 + args.decode_runs}{' (warm-up)' if run == 0 else ''}", file=sys.stderr)

@@ -17,6 +17,7 @@ A cache that fails its check is rebuilt.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -189,13 +190,20 @@ def smollm2(gguf_path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
     folder, name = str(gguf_path.parent), gguf_path.name
     previous = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    # The GGUF reader draws its own tqdm bar, which transformers' switch does not reach: our
+    # progress lines say what is happening.
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     finally:
+        gguf_utils.tqdm = bar
         if previous:
             hf_logging.enable_progress_bar()
     config = model.config

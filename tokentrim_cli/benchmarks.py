@@ -482,7 +482,7 @@ def _rows(name: str, benchmark: Benchmark, *, path: str | None, split: str, offl
     try:
         import datasets
     except ImportError:
-        raise EnvironmentProblem(f"--dataset {name} needs the datasets library", hint="pip install datasets") from None
+        raise EnvironmentProblem(f"--dataset {name} needs the datasets library", hint="pip install datasets (or, in a checkout: pip install -e '.[eval]')") from None
     if offline:
         os.environ["HF_DATASETS_OFFLINE"] = "1"
         os.environ["HF_HUB_OFFLINE"] = "1"

@@ -59,7 +59,7 @@ def calibrate(
         str | None,
         typer.Option("--data", metavar="FILE.jsonl", help='JSONL, one {"image": PATH|URL, "prompt": ...} per line; default: the built-in set.'),
     ] = None,
-    samples: Annotated[int | None, typer.Option("--samples", min=1, help="Use the first N samples.")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", min=1, metavar="N", help="Use the first N samples.")] = None,
     eta: Annotated[
         float | None, typer.Option("--eta", metavar="X", show_default=False,
                                    help="VTW: mean KL threshold (default: the reference's for the checkpoint, else 0.003).")

@@ -1,0 +1,143 @@
+"""The default model (issue 14): assembled from the carrier packages and the weights trained here,
+it loads through the ordinary loader and answers questions about scenes it never saw in training,
+in one word or in English sentences, across turns. The README's Python example runs as written.
+
+Skipped without the carrier packages (CI installs them: README quick start). The model is assembled
+once per session into a temporary cache, never into the user's."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tokentrim_cli import assembly, scenes
+
+carriers_installed = all(__import__("importlib").util.find_spec(c.module) for c in assembly.CARRIERS)
+pytestmark = pytest.mark.skipif(not carriers_installed, reason=f"needs the carrier packages ({assembly.INSTALL_COMMAND})")
+
+SAMPLE = resources.files("tokentrim_cli") / "samples" / "scene.png"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("model-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TOKENTRIM_CACHE_DIR", str(cache))
+    assembly.ensure_assembled()
+    yield cache
+    patch.undo()
+
+
+@pytest.fixture(scope="session")
+def scenes_model(model_cache):
+    from tokentrim_cli.model import load_llava
+
+    return load_llava("builtin:scenes", device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def same_cache(request, monkeypatch):
+    """Every test here sees the session's cache (the autouse isolation resets the environment)."""
+    if "model_cache" in request.fixturenames or "scenes_model" in request.fixturenames:
+        monkeypatch.setenv("TOKENTRIM_CACHE_DIR", str(request.getfixturevalue("model_cache")))
+
+
+def sample_objects():
+    """The sample picture's objects, from the generator's object list (not from the model)."""
+    return scenes.scene(scenes.SAMPLE_SEED)[1]
+
+
+def test_the_sample_picture_is_the_generators():
+    shipped = Image.open(SAMPLE).convert("RGB")
+    assert list(shipped.getdata()) == list(scenes.picture(scenes.SAMPLE_SEED).getdata())
+
+
+def test_it_loads_like_any_checkpoint(scenes_model, model_cache):
+    info = scenes_model.info
+    assert info.model_type == "llava" and info.num_layers == assembly.TEXT_LAYERS
+    folder = next((model_cache / "models").iterdir())
+    assert (folder / "config.json").is_file() and assembly.is_intact(folder)
+    assert (folder / "README.md").is_file()  # the model card travels with the checkpoint
+    from transformers import LlavaForConditionalGeneration
+
+    assert isinstance(scenes_model.model, LlavaForConditionalGeneration)
+
+
+def _answers(loaded, prompts, *, profile="baseline", max_new_tokens=8):
+    from tokentrim_cli.generation import answer_batch
+    from tokentrim_cli.inputs import LoadedImage
+    from tokentrim_cli.profiles import load_profile
+
+    image = LoadedImage("scene.png", scenes.picture(scenes.SAMPLE_SEED))
+    return answer_batch(loaded, load_profile(profile), [([image], p) for p in prompts], max_new_tokens=max_new_tokens)
+
+
+def test_it_answers_short_questions_about_the_sample_scene(scenes_model):
+    """Questions whose answers come from the object list: one per kind the model was taught."""
+    objects = sample_objects()
+    by_shape = {o.shape: o for o in objects}
+    questions = {
+        "What color is the star?": by_shape["star"].color,
+        "What color is the hexagon?": by_shape["hexagon"].color,
+        "What shape is the red object?": next(o.shape for o in objects if o.color == "red"),
+        "How many objects are there?": str(len(objects)),
+        "Is there a purple star?": "yes" if any(o.color == "purple" and o.shape == "star" for o in objects) else "no",
+        "Is there a blue triangle?": "yes" if any(o.color == "blue" and o.shape == "triangle" for o in objects) else "no",
+    }
+    prompts = [q + scenes.SHORT_ANSWER_SUFFIX for q in questions]
+    texts, _ = _answers(scenes_model, prompts)
+    got = {q: scenes.normalize_short(t) for q, t in zip(questions, texts)}
+    assert got == {q: scenes.normalize_short(a) for q, a in questions.items()}
+
+
+def test_it_describes_the_picture_in_sentences(scenes_model):
+    texts, _ = _answers(scenes_model, [scenes.DESCRIBE_PROMPT], max_new_tokens=80)
+    recall, precision = scenes.describe_scores(texts[0], sample_objects())
+    assert re.match(r"^[A-Z].*\.$", texts[0].strip()), texts[0]  # an English sentence, not a word
+    assert recall >= 0.6 and precision >= 0.6, texts[0]
+
+
+def test_a_second_turn_reads_the_same_picture(scenes_model):
+    from tokentrim_cli.conversation import Conversation
+    from tokentrim_cli.generation import GenerationSettings
+    from tokentrim_cli.profiles import load_profile
+
+    conversation = Conversation(scenes_model, load_profile("baseline"), settings=GenerationSettings(max_new_tokens=24))
+    conversation.add_image(str(SAMPLE))  # as /image does
+    first = conversation.ask("What color is the star?")
+    second = conversation.ask("What color is the cross?")
+    star = next(o.color for o in sample_objects() if o.shape == "star")
+    cross = next(o.color for o in sample_objects() if o.shape == "cross")
+    assert star in first.text.lower() and cross in second.text.lower(), (first.text, second.text)
+    assert second.text.strip().endswith(".")
+
+
+def test_the_readme_python_example_runs(model_cache, tmp_path):
+    """The README's first Python block, run as written from the checkout's root."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Python\n\n```python\n(.*?)```", readme, re.S).group(1)
+    script = tmp_path / "example.py"
+    script.write_text(block)
+    done = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "TOKENTRIM_CACHE_DIR": str(model_cache)})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(done.stdout.splitlines()) >= 3
+
+
+def test_the_quick_start_chat(model_cache):
+    """The README's first command, after its installs: the default model on the shipped scene."""
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"&& (tokentrim chat -i tokentrim_cli/samples/scene\.png [^\n]*)", readme).group(1)
+    done = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "TOKENTRIM_CACHE_DIR": str(model_cache)})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    recall, _ = scenes.describe_scores(done.stdout, sample_objects())
+    assert recall >= 0.6, done.stdout
+    assert "synthetic scenes" in done.stderr  # the note on what it was trained on
