@@ -355,6 +355,14 @@ def scaled_budget(budget: int, n_tokens: int) -> int:
     return max(1, min(n_tokens, round_half_up(budget * n_tokens / REFERENCE_TOKENS)))
 
 
+def instruction_mask(visual: Tensor, valid: Tensor, runs: list[Tensor]) -> Tensor:
+    """(N,) bool: the real text tokens after the last image of one sample, i.e. the instruction
+    (what DART's text pivots and CDPruner's relevance read)."""
+    last_visual = int(runs[-1][-1]) if runs else -1
+    positions = torch.arange(visual.numel(), device=visual.device)
+    return (positions > last_visual) & valid & ~visual
+
+
 def keep_visual(valid: Tensor, is_visual: Tensor, kept_visual: Tensor) -> Tensor:
     """Keep indices for one sample: every real text token plus the visual tokens `kept_visual`."""
     return torch.cat([(valid & ~is_visual).nonzero().squeeze(1), kept_visual]).sort().values

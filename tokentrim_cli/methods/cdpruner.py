@@ -23,7 +23,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .base import REFERENCE_TOKENS, Knob, LiveState, Method, MethodConfig, ParamError, image_runs, keep_visual, scaled_budget
+from .base import (
+    REFERENCE_TOKENS, Knob, LiveState, Method, MethodConfig, ParamError, image_runs, instruction_mask,
+    keep_visual, scaled_budget,
+)
 from .divprune import BUDGETS
 
 
@@ -100,9 +103,7 @@ class CDPruner(Method):
         for b in range(state.batch_size):
             visual = state.is_visual[b] & state.valid[b]
             runs = image_runs(visual)
-            last_visual = int(runs[-1][-1]) if runs else -1
-            positions = torch.arange(visual.numel(), device=visual.device)
-            instruction = state.hidden[b, (positions > last_visual) & state.valid[b] & ~visual]
+            instruction = state.hidden[b, instruction_mask(visual, state.valid[b], runs)]
             kept = []
             for run in runs:
                 features = state.hidden[b, run]

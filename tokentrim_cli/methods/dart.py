@@ -23,7 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import REFERENCE_TOKENS, Knob, LiveState, Method, MethodConfig, ParamError, image_runs, keep_top, keep_visual, scaled_budget
+from .base import (
+    REFERENCE_TOKENS, Knob, LiveState, Method, MethodConfig, ParamError, image_runs, instruction_mask, keep_top,
+    keep_visual, scaled_budget,
+)
 from .divprune import BUDGETS
 
 
@@ -101,9 +104,7 @@ class DART(Method):
         for b in range(state.batch_size):
             visual = state.is_visual[b] & state.valid[b]
             runs = image_runs(visual)
-            last_visual = int(runs[-1][-1]) if runs else -1
-            positions = torch.arange(visual.numel(), device=visual.device)
-            text = ((positions > last_visual) & state.valid[b] & ~visual).nonzero().squeeze(1)
+            text = instruction_mask(visual, state.valid[b], runs).nonzero().squeeze(1)
             kept = [dart_select(run, text, key_norm[b], state.normed_hidden[b], scaled_budget(self.config.budget, run.numel()),
                                 self.config.pivot_image_tokens, self.config.pivot_text_tokens) for run in runs]  # fmt: skip
             kept_visual = torch.cat(kept) if kept else visual.nonzero().squeeze(1)
