@@ -1,4 +1,5 @@
-"""The demo model's training data: drawn questions are right, their mixes hold, old runs replay."""
+"""Training scripts: the demo model's drawn questions and mixes, old runs replay; the default model's
+answer labels and training record."""
 
 from __future__ import annotations
 
@@ -75,3 +76,46 @@ def test_default_draws_replay_the_committed_runs():
 )
 def test_auxiliary_targets(question, answer, targets):
     assert train.auxiliary_targets(question, answer) == targets
+
+
+# ---- the default model's scripts (scripts/train_scenes_model.py, scripts/record_training.py) ----------
+
+
+def test_the_training_record_is_rebuilt_from_a_log(tmp_path):
+    record = pytest.importorskip("record_training")
+    log = tmp_path / "run.log"
+    log.write_text(
+        '[23:50:00] arguments: {"out": "runs/a", "init": "None", "projector_steps": "2", "lora_steps": "4", "seed": "0", "log": "a.log"}\n'
+        "[23:50:01] stage 1: projector (554,112 parameters), 2 steps\n"
+        "[23:55:00] step 2/2 loss 1.2500 lr 1.00e-03 5.0 min\n"
+        '[23:56:00] held-out after step 2: {"color": 0.5, "short": 0.25}\n'
+        "[23:56:01] stage 2: projector + LoRA (5,438,592 parameters), 4 steps\n"
+        "[00:05:00] step 2/4 loss 0.5000 lr 3.00e-04 15.0 min\n"
+        "[00:10:00] time budget of 20.0 min reached at step 2\n"
+    )
+    run = record.parse(log)
+    assert run["command"] == "python scripts/train_scenes_model.py --out runs/a --projector-steps 2 --lora-steps 4 --seed 0"
+    assert run["minutes"] == 20.0  # across midnight
+    assert [s["steps_done"] for s in run["stages"]] == [2, 2] and run["stages"][1]["steps_planned"] == 4
+    assert run["stages"][0]["held_out"] == [{"step": 2, "color": 0.5, "short": 0.25}]
+    assert run["stopped"].startswith("time budget")
+
+
+def test_training_labels_cover_the_answers_only():
+    from tokentrim_cli import assembly
+
+    if not all(__import__("importlib").util.find_spec(c.module) for c in assembly.CARRIERS):
+        pytest.skip(f"needs the carrier packages ({assembly.INSTALL_COMMAND})")
+    train_scenes = pytest.importorskip("train_scenes_model")
+    _, _, tokenizer = assembly.smollm2(assembly.verified_carrier(assembly.TEXT_CARRIER))
+    tokenizer.chat_template = assembly.CHAT_TEMPLATE
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What color is the star?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "The star is red."}]},
+                {"role": "user", "content": [{"type": "text", "text": "How many circles are there?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "2"}]}]  # fmt: skip
+    import torch
+
+    ids = torch.tensor([tokenizer(tokenizer.apply_chat_template(messages, tokenize=False))["input_ids"]])
+    labels = train_scenes.answer_labels(ids, tokenizer)
+    learned = tokenizer.decode([t for t, l in zip(ids[0].tolist(), labels[0].tolist()) if l != -100])
+    assert learned == "The star is red.<|im_end|>2<|im_end|>"

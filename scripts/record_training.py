@@ -1,0 +1,104 @@
+"""Write the training record of the default model (tokentrim_cli/scenes_model/training.json) from
+the logs of the runs that produced its weights (scripts/train_scenes_model.py --log FILE).
+
+    python scripts/record_training.py run1.log [run2.log ...] --date 2026-12-01 \
+        --output tokentrim_cli/scenes_model/training.json
+
+Every log becomes one entry, oldest first: the command line rebuilt from its logged arguments,
+the start and end times, wall minutes, the loss and held-out scores at each logged step, and where it
+stopped. The versions are this environment's (run the script in the environment that trained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+from pathlib import Path
+
+LINE = re.compile(r"^\[(\d\d:\d\d:\d\d)\] (.*)$")
+STEP = re.compile(r"^step (\d+)/(\d+) loss ([\d.]+) lr ([\d.e+-]+) ([\d.]+) min$")
+HELD_OUT = re.compile(r"^held-out after step (\d+): (\{.*\})$")
+STAGE = re.compile(r"^stage (\d): (.*), (\d+) steps$")
+
+
+def command(arguments: dict) -> str:
+    """The command line that reproduces a run from its logged arguments."""
+    parts = ["python", "scripts/train_scenes_model.py"]
+    for key, value in arguments.items():
+        if value == "None" or key == "log":
+            continue
+        parts += [f"--{key.replace('_', '-')}", value]
+    return " ".join(parts)
+
+
+def parse(log: Path) -> dict:
+    arguments, stages, stage, first, last, stopped, date = None, [], None, None, None, None, None
+    for raw in log.read_text(encoding="utf-8").splitlines():
+        match = LINE.match(raw)
+        if not match:
+            continue
+        time, message = match.groups()
+        first = first or time
+        last = time
+        if message.startswith("arguments: "):
+            arguments = json.loads(message[len("arguments: ") :])
+        elif m := STAGE.match(message):
+            stage = {"stage": int(m.group(1)), "what": m.group(2), "steps_planned": int(m.group(3)), "log": [], "held_out": []}
+            stages.append(stage)
+        elif (m := STEP.match(message)) and stage is not None:
+            stage["log"].append({"step": int(m.group(1)), "loss": float(m.group(3)), "lr": float(m.group(4)),
+                                 "minutes": float(m.group(5))})  # fmt: skip
+        elif (m := HELD_OUT.match(message)) and stage is not None:
+            stage["held_out"].append({"step": int(m.group(1)), **json.loads(m.group(2))})
+        elif message.startswith(("time budget", "done in")):
+            stopped = message
+    if arguments is None:
+        raise SystemExit(f"{log}: no 'arguments:' line (not a train_scenes_model.py log)")
+    for stage in stages:
+        stage["steps_done"] = stage["log"][-1]["step"] if stage["log"] else 0
+    return {"log": log.name, "command": command(arguments), "arguments": arguments, "started": first, "ended": last,
+            "minutes": round(_minutes(first, last), 1), "stopped": stopped, "stages": stages}  # fmt: skip
+
+
+def _minutes(start: str, end: str) -> float:
+    """Wall minutes between two HH:MM:SS stamps of one log (a run may pass midnight)."""
+    def seconds(stamp: str) -> int:
+        h, m, s = map(int, stamp.split(":"))
+        return 3600 * h + 60 * m + s
+
+    return ((seconds(end) - seconds(start)) % 86400) / 60
+
+
+def versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("logs", type=Path, nargs="+")
+    parser.add_argument("--date", required=True, help="the day the runs started (YYYY-MM-DD)")
+    parser.add_argument("--output", type=Path, default=Path("tokentrim_cli/scenes_model/training.json"))
+    args = parser.parse_args()
+    runs = [parse(log) | {"date": args.date} for log in args.logs]
+    document = {
+        "model": "builtin:scenes",
+        "script": "scripts/train_scenes_model.py",
+        "runs": runs,
+        "total_minutes": round(sum(run["minutes"] for run in runs), 1),
+        "versions": versions(),
+        "note": "Runs are listed oldest first; a run with --init continued from the previous one's weights.",
+    }
+    args.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.output} ({len(runs)} runs, {document['total_minutes']:.0f} minutes)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
