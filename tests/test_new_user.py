@@ -114,6 +114,9 @@ def test_help_and_completion():
     assert "list[str]" not in short.stdout and "9223372036854775807" not in short.stdout
     assert short.stdout.count("TOKENTRIM_MODEL") == 1  # said once, by the env-var note
     assert "  tokentrim chat -m llava-hf/llava-1.5-7b-hf --profile vtw -i a.jpg -i b.jpg -p 'Compare them.'" in short.stdout
+    env = dict(os.environ, _TOKENTRIM_COMPLETE="complete_bash", COMP_WORDS="tokentrim eval --profile dar", COMP_CWORD="3")
+    completed = subprocess.run([shutil.which("tokentrim")], env=env, capture_output=True, text=True)
+    assert completed.stdout.split() == ["dart", "dart-128", "dart-192", "dart-64"]  # profile names complete
 
 
 # 9. profiles that do not fit are refused early -------------------------------------------------------

@@ -10,7 +10,7 @@ import typer
 from ..errors import UsageError
 from . import app, err, out, reports_errors
 from .loading import check_profiles_fit, load_model
-from .options import JsonOpt, ModelOptions, QuietOpt, check_seed, with_model_options
+from .options import JsonOpt, ModelOptions, QuietOpt, check_seed, complete_profile, with_model_options
 
 
 class Format(str, enum.Enum):
@@ -54,7 +54,7 @@ def _complete_dataset(incomplete: str) -> list[str]:
 @reports_errors
 @with_model_options
 def evaluate(
-    profile: Annotated[list[str] | None, typer.Option("--profile", metavar="NAME|PATH", help="Trimming profile; repeatable; the first is the reference.")] = None,
+    profile: Annotated[list[str] | None, typer.Option("--profile", metavar="NAME|PATH", autocompletion=complete_profile, help="Trimming profile; repeatable; the first is the reference.")] = None,
     data: Annotated[
         str | None,
         typer.Option("--data", metavar="FILE.jsonl", help='JSONL: {"image": PATH|URL, "prompt": ..., "answer": str or [str, ...]} per line.'),

@@ -145,9 +145,17 @@ def with_model_options(fn):
     return wrapper
 
 
+def complete_profile(incomplete: str) -> list[str]:
+    """Shell completion: the profile names reachable from here (./profiles, the user's, built-in)."""
+    from ..profiles import available_profiles
+
+    return [name for name in sorted(available_profiles()) if name.startswith(incomplete)]
+
+
 ProfileOpt = Annotated[
-    str, typer.Option("--profile", metavar="NAME|PATH", help="Trimming profile: a name (see `tokentrim profiles list`) or a TOML path.")
-]
+    str, typer.Option("--profile", metavar="NAME|PATH", autocompletion=complete_profile,
+                      help="Trimming profile: a name (see `tokentrim profiles list`) or a TOML path.")
+]  # fmt: skip
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No spinner, no summary line.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Per-layer visual tokens and KV entries.")]

@@ -15,6 +15,7 @@ from .options import (
     JsonOpt,
     ModelOptions,
     QuietOpt,
+    complete_profile,
     with_model_options,
 )
 
@@ -37,9 +38,9 @@ from .options import (
 @reports_errors
 @with_model_options
 def profile(
-    profiles_: Annotated[list[str] | None, typer.Option("--profile", metavar="NAME|PATH", help="Trimming profile to measure; repeatable.")] = None,
+    profiles_: Annotated[list[str] | None, typer.Option("--profile", metavar="NAME|PATH", autocompletion=complete_profile, help="Trimming profile to measure; repeatable.")] = None,
     compare: Annotated[
-        list[str] | None, typer.Option("--compare", metavar="NAME|PATH", help="Profile to compare against; repeatable; the first is the reference.")
+        list[str] | None, typer.Option("--compare", metavar="NAME|PATH", autocompletion=complete_profile, help="Profile to compare against; repeatable; the first is the reference.")
     ] = None,
     image: Annotated[list[str] | None, typer.Option("--image", "-i", metavar="PATH|URL", help="Image path or URL; repeatable (default: the sample picture).")] = None,
     prompt: Annotated[str, typer.Option("--prompt", "-p", metavar="TEXT", help="The question.")] = "Describe this picture in detail.",
