@@ -92,3 +92,29 @@ def test_bad_data_exits_3(tmp_path, content, message):
 def test_data_or_dataset_but_not_both(qa):
     assert runner.invoke(app, TINY).exit_code == 2
     assert runner.invoke(app, [*TINY, "--data", str(qa), "--dataset", "easy-vqa"]).exit_code == 2
+
+
+def test_short_answers_and_descriptions_are_batched_apart(monkeypatch):
+    """A batch decodes as long as its longest answer: scenes' one-word answers are never batched
+    with descriptions, and each batch gets its own cap (the answers still come back in order)."""
+    from tokentrim_cli import evaluation, generation
+    from tokentrim_cli.benchmarks import SCENES_DESCRIBE_TOKENS, SCENES_SHORT_TOKENS, load_scenes
+    from tokentrim_cli.model import load_llava
+    from tokentrim_cli.profiles import load_profile
+
+    calls = []
+    real = generation.answer_batch
+
+    def spy(loaded, profile, requests, *, max_new_tokens):
+        calls.append((max_new_tokens, [prompt for _, prompt in requests]))
+        return real(loaded, profile, requests, max_new_tokens=2)  # short: the test is about batching
+
+    monkeypatch.setattr(generation, "answer_batch", spy)
+    evalset = load_scenes(limit=14, seed=1)
+    kinds = {s.prompt: s.category for s in evalset.samples}
+    assert "describe" in kinds.values() and len(set(kinds.values())) > 2
+    report = evaluation.evaluate(load_llava("random:tiny", device="cpu"), [load_profile("baseline")], evalset, batch_size=4)
+    for cap, prompts in calls:
+        describe = {kinds[p] == "describe" for p in prompts}
+        assert len(describe) == 1 and cap == (SCENES_DESCRIBE_TOKENS if describe.pop() else SCENES_SHORT_TOKENS)
+    assert [r.id for r in report.rows[0].records] == [s.id for s in evalset.samples]

@@ -47,6 +47,10 @@ class EvalSample:
     answers: list[str]
     category: str | None = None
     extra: dict = field(default_factory=dict)  # what a benchmark's scoring needs (MME's pairing, scenes' objects)
+    # The answer's length cap when the benchmark knows it per sample (scenes: a word, or a
+    # description); None: the benchmark's. Batches group samples of one cap, so a batch of short
+    # answers never decodes as long as a description.
+    max_new_tokens: int | None = None
 
 
 @dataclass
@@ -370,6 +374,10 @@ def load_jsonl(path: str, *, limit: int | None = None) -> EvalSet:
     return EvalSet(samples, path, sha256, "jsonl")
 
 
+SCENES_SHORT_TOKENS = 10  # a word or a number, and the end token
+SCENES_DESCRIBE_TOKENS = 96  # eight objects named in sentences take about 60
+
+
 def load_scenes(*, limit: int | None, seed: int) -> EvalSet:
     """The fixed scenes evaluation set (scenes.evaluation_questions), or a seeded sample of it."""
     import dataclasses
@@ -385,6 +393,7 @@ def load_scenes(*, limit: int | None, seed: int) -> EvalSet:
         samples.append(EvalSample(
             f"{item.seed}-{i}", scenes.SceneImage(item.seed), item.question.prompt, [item.question.answer],
             item.question.type, {"objects": [dataclasses.asdict(o) for o in objects]},
+            max_new_tokens=SCENES_DESCRIBE_TOKENS if item.question.type == "describe" else SCENES_SHORT_TOKENS,
         ))  # fmt: skip
     digest = hashlib.sha256(json.dumps([[s.id, s.prompt, s.answers] for s in samples]).encode())
     name = f"scenes ({len(samples)} of {len(questions)} questions, seed {seed})" if limit else f"scenes ({len(samples)} questions)"

@@ -164,6 +164,14 @@ def _load_batch(batch: list[EvalSample], skip_bad: bool, skipped: set[str]) -> l
     return loaded
 
 
+def _batches_by_cap(samples: list[EvalSample], cap: Callable[[EvalSample], int], size: int) -> list[list[EvalSample]]:
+    """Batches of at most `size` samples that share an answer cap (in order within a cap)."""
+    groups: dict[int, list[EvalSample]] = {}
+    for sample in samples:
+        groups.setdefault(cap(sample), []).append(sample)
+    return [group[i : i + size] for _, group in sorted(groups.items()) for i in range(0, len(group), size)]
+
+
 def evaluate(
     loaded,
     profiles: list,
@@ -186,7 +194,12 @@ def evaluate(
     from .profiles import check_fits
 
     benchmark = BENCHMARKS[evalset.benchmark]
-    max_new_tokens = max_new_tokens or benchmark.max_new_tokens
+    given_cap = max_new_tokens  # --max-new-tokens: every answer's cap, overriding the samples' own
+    max_new_tokens = max_new_tokens or max((s.max_new_tokens or benchmark.max_new_tokens for s in evalset.samples),
+                                           default=benchmark.max_new_tokens)  # fmt: skip
+
+    def cap(sample: EvalSample) -> int:
+        return given_cap or sample.max_new_tokens or benchmark.max_new_tokens
     shard = shard or Shard.single()
     info, text = loaded.info, loaded.model.config.text_config
     for profile in profiles:
@@ -206,13 +219,12 @@ def evaluate(
         records = shard.broadcast(records)
         done += len(records)  # finished in an earlier, interrupted run
         started = time.perf_counter()
-        todo = [s for s in mine if s.id not in records]
-        batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+        batches = _batches_by_cap([s for s in mine if s.id not in records], cap, batch_size)
         for batch in shard.padded(batches):
             ready = _load_batch(batch, skip_bad, skipped) if batch else []
             if ready:
                 answers, trace = answer_batch(loaded, profile, [(images, s.prompt) for s, images in ready],
-                                              max_new_tokens=max_new_tokens)  # fmt: skip
+                                              max_new_tokens=max(cap(s) for s, _ in ready))  # fmt: skip
                 for b, ((sample, _), answer) in enumerate(zip(ready, answers)):
                     records[sample.id] = Record(
                         sample.id, answer, trace.visual_input[b], trace.layer_averaged[b], trace.layer_averaged_after_pruning[b],
