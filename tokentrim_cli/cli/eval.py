@@ -72,7 +72,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N", help="Samples per generate() call.")] = 8,
     max_new_tokens: Annotated[
         int | None, typer.Option("--max-new-tokens", "--max-tokens", min=1, metavar="N", show_default=False,
-                                 help="Answer length bound (default: the benchmark's).")
+                                 help="Answer length bound for every sample (default: the benchmark's, per sample where it knows one).")
     ] = None,
     output_dir: Annotated[
         str | None, typer.Option("--output-dir", metavar="DIR", help="Keep finished samples here; an interrupted run resumes from them.")
