@@ -21,6 +21,7 @@ from pathlib import Path
 LINE = re.compile(r"^\[(\d\d:\d\d:\d\d)\] (.*)$")
 STEP = re.compile(r"^step (\d+)/(\d+) loss ([\d.]+) lr ([\d.e+-]+) ([\d.]+) min$")
 HELD_OUT = re.compile(r"^held-out after step (\d+): (\{.*\})$")
+ALIGNMENT_HELD_OUT = re.compile(r"^held-out after stage 0: (\{.*\})$")
 STAGE = re.compile(r"^stage (\d): (.*), (\d+) steps$")
 
 
@@ -35,7 +36,8 @@ def command(arguments: dict) -> str:
 
 
 def parse(log: Path) -> dict:
-    arguments, stages, stage, first, last, stopped, date = None, [], None, None, None, None, None
+    arguments, stages, stage, first, last, stopped = None, [], None, None, None, None
+    alignment: list = []
     for raw in log.read_text(encoding="utf-8").splitlines():
         match = LINE.match(raw)
         if not match:
@@ -45,6 +47,10 @@ def parse(log: Path) -> dict:
         last = time
         if message.startswith("arguments: "):
             arguments = json.loads(message[len("arguments: ") :])
+        elif message.startswith("stage 0: "):  # the projector's alignment: its progress lines as logged
+            alignment.append(message[len("stage 0: ") :])
+        elif m := ALIGNMENT_HELD_OUT.match(message):
+            alignment.append({"held_out": json.loads(m.group(1))})
         elif m := STAGE.match(message):
             stage = {"stage": int(m.group(1)), "what": m.group(2), "steps_planned": int(m.group(3)), "log": [], "held_out": []}
             stages.append(stage)
@@ -60,7 +66,7 @@ def parse(log: Path) -> dict:
     for stage in stages:
         stage["steps_done"] = stage["log"][-1]["step"] if stage["log"] else 0
     return {"log": log.name, "command": command(arguments), "arguments": arguments, "started": first, "ended": last,
-            "minutes": round(_minutes(first, last), 1), "stopped": stopped, "stages": stages}  # fmt: skip
+            "minutes": round(_minutes(first, last), 1), "stopped": stopped, "alignment": alignment, "stages": stages}  # fmt: skip
 
 
 def _minutes(start: str, end: str) -> float:

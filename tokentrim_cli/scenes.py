@@ -40,7 +40,8 @@ DESCRIBE_PROMPT = "Describe the picture."
 # Seed spaces: evaluation pictures, calibration pictures and training pictures never overlap.
 EVAL_SEED = 0  # picture i of the evaluation set is drawn from seed EVAL_SEED + i
 CALIBRATION_SEED = 500_000
-TRAIN_SEED = 1_000_000
+TRAIN_SEED = 1_000_000  # question/answer training draws TRAIN_SEED + n
+ALIGN_SEED = 3_000_000  # the projector's alignment stage draws ALIGN_SEED + n
 SAMPLE_SEED = 700_900  # samples/scene.png, the quick start's picture: 5 objects, 5 colours, 5 shapes
 EVAL_PICTURES = 600
 QUESTIONS_PER_PICTURE = 4  # 2,400 questions: 2,057 short-answer, 343 describe
