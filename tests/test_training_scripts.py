@@ -119,3 +119,17 @@ def test_training_labels_cover_the_answers_only():
     labels = train_scenes.answer_labels(ids, tokenizer)
     learned = tokenizer.decode([t for t, l in zip(ids[0].tolist(), labels[0].tolist()) if l != -100])
     assert learned == "The star is red.<|im_end|>2<|im_end|>"
+
+
+def test_alignment_targets_cover_each_object():
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli.scenes import SceneObject
+
+    big = SceneObject("square", "red", "large", x=100.0, y=100.0, radius=30.0)
+    small = SceneObject("star", "blue", "small", x=300.0, y=20.0, radius=13.0)
+    owner = train_scenes.patch_objects([big, small], grid=24, patch=14.0)
+    covered = {i: [(k // 24, k % 24) for k, o in enumerate(owner) if o == i] for i in (0, 1)}
+    # patch centres within 22.5 px of (100, 100): rows/cols 5..8 around the centre patch (7, 7)
+    assert (7, 7) in covered[0] and all(abs(r * 14 + 7 - 100) < 23 and abs(c * 14 + 7 - 100) < 23 for r, c in covered[0])
+    assert (1, 21) in covered[1]  # the patch under the small object's centre, however small it is
+    assert owner.count(-1) == 24 * 24 - len(covered[0]) - len(covered[1])
