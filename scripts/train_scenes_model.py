@@ -349,6 +349,8 @@ def run_stage(model, processor, params, *, steps, lr, args, offset, log, questio
     for step in range(steps):
         if args.minutes and time.time() - started > args.minutes * 60:
             log(f"time budget of {args.minutes} min reached at step {step}")
+            if step:
+                save_trained(model, out, args.rank, args.alpha)  # what was learnt so far is kept
             break
         seeds = [scenes.TRAIN_SEED + offset + step * args.batch_size + i for i in range(args.batch_size)]
         batch = make_batch(processor, seeds, args.turns, args.short_share, rng)

@@ -368,6 +368,13 @@ def keep_visual(valid: Tensor, is_visual: Tensor, kept_visual: Tensor) -> Tensor
     return torch.cat([(valid & ~is_visual).nonzero().squeeze(1), kept_visual]).sort().values
 
 
+def keep_per_image(valid: Tensor, visual: Tensor, choose) -> Tensor:
+    """Keep indices for one sample: its real text tokens plus, in each image's run of visual tokens,
+    the tokens `choose(run)` picks (indices into the run). The pre-LLM selections share it."""
+    kept = [run[choose(run)] for run in image_runs(visual)]
+    return keep_visual(valid, visual, torch.cat(kept) if kept else visual.nonzero().squeeze(1))
+
+
 def keep_top(scores: Tensor, n_keep: int) -> Tensor:
     """Positions of the `n_keep` highest scores, ascending; ties go to the lower position."""
     order = torch.sort(scores, descending=True, stable=True).indices

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .base import (
     REFERENCE_TOKENS, Knob, LiveState, Method, MethodConfig, ParamError, image_runs, instruction_mask,
-    keep_visual, scaled_budget,
+    keep_per_image, scaled_budget,
 )
 from .divprune import BUDGETS
 
@@ -102,17 +102,14 @@ class CDPruner(Method):
         keep = []
         for b in range(state.batch_size):
             visual = state.is_visual[b] & state.valid[b]
-            runs = image_runs(visual)
-            instruction = state.hidden[b, instruction_mask(visual, state.valid[b], runs)]
-            kept = []
-            for run in runs:
-                features = state.hidden[b, run]
-                if instruction.shape[0] == 0:  # nothing to condition on: the plain DPP
-                    relevance = torch.ones(run.numel(), device=features.device)
-                else:
-                    relevance = relevance_scores(features, instruction, negated=self.config.relevance == "negated")
-                chosen = dpp_greedy_map(conditional_kernel(features, relevance), scaled_budget(self.config.budget, run.numel()))
-                kept.append(run[chosen])
-            kept_visual = torch.cat(kept) if kept else visual.nonzero().squeeze(1)
-            keep.append(keep_visual(state.valid[b], visual, kept_visual))
+            instruction = state.hidden[b, instruction_mask(visual, state.valid[b], image_runs(visual))]
+            keep.append(keep_per_image(state.valid[b], visual, lambda run: self._choose(state.hidden[b, run], instruction)))
         return keep
+
+    def _choose(self, features: Tensor, instruction: Tensor) -> Tensor:
+        """Indices of one image's tokens that the conditional DPP keeps."""
+        if instruction.shape[0] == 0:  # nothing to condition on: the plain DPP
+            relevance = torch.ones(features.shape[0], device=features.device)
+        else:
+            relevance = relevance_scores(features, instruction, negated=self.config.relevance == "negated")
+        return dpp_greedy_map(conditional_kernel(features, relevance), scaled_budget(self.config.budget, features.shape[0]))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import REFERENCE_TOKENS, Knob, LiveState, Method, MethodConfig, ParamError, image_runs, keep_visual, scaled_budget
+from .base import REFERENCE_TOKENS, Knob, LiveState, Method, MethodConfig, ParamError, keep_per_image, scaled_budget
 
 BUDGETS = (384, 288, 192, 128, 96, 64, 32)  # calibration, mild to aggressive
 
@@ -79,9 +79,9 @@ class DivPrune(Method):
             return None
         keep = []
         for b in range(state.batch_size):
-            visual = state.is_visual[b] & state.valid[b]
-            kept = [run[max_min_diverse(state.hidden[b, run], scaled_budget(self.config.budget, run.numel()))]
-                    for run in image_runs(visual)]  # fmt: skip
-            kept_visual = torch.cat(kept) if kept else visual.nonzero().squeeze(1)
-            keep.append(keep_visual(state.valid[b], visual, kept_visual))
+            hidden = state.hidden[b]
+            keep.append(keep_per_image(
+                state.valid[b], state.is_visual[b] & state.valid[b],
+                lambda run: max_min_diverse(hidden[run], scaled_budget(self.config.budget, run.numel())),
+            ))  # fmt: skip
         return keep

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from .base import (
-    MAX_SEED, REFERENCE_TOKENS, Knob, LiveState, Method, MethodConfig, ParamError, check_range, image_runs,
-    keep_top, keep_visual, round_half_up, scaled_budget,
+    MAX_SEED, REFERENCE_TOKENS, Knob, LiveState, Method, MethodConfig, ParamError, check_range,
+    keep_per_image, keep_top, keep_visual, round_half_up, scaled_budget,
 )  # fmt: skip
 from .divprune import BUDGETS
 
@@ -66,10 +66,10 @@ def random_keep(is_visual: Tensor, valid: Tensor, config: RandomSelectionConfig)
     """Keep indices for one sample: every real text token plus a seeded random share of its visual tokens."""
     visual = is_visual & valid
     if config.budget:  # per image
-        runs = image_runs(visual)
-        kept = [run[keep_top(random_scores(run.numel(), config.seed).to(run.device), scaled_budget(config.budget, run.numel()))]
-                for run in runs]  # fmt: skip
-        return keep_visual(valid, visual, torch.cat(kept) if kept else visual.nonzero().squeeze(1))
+        return keep_per_image(
+            valid, visual,
+            lambda run: keep_top(random_scores(run.numel(), config.seed).to(run.device), scaled_budget(config.budget, run.numel())),
+        )  # fmt: skip
     positions = visual.nonzero().squeeze(1)  # FastV's count over the whole sample
     n_keep = round_half_up(positions.numel() * (1.0 - config.drop_ratio))
     chosen = keep_top(random_scores(positions.numel(), config.seed).to(positions.device), n_keep)
