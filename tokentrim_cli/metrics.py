@@ -294,8 +294,10 @@ def generation_bytes(loaded, inputs: dict, *, max_new_tokens: int) -> int:
     logits = text.vocab_size * 4 * 2
     pixels = inputs.get("pixel_values")
     images = 0 if pixels is None else int(pixels.shape[0]) * (pixels.shape[1] if pixels.ndim == 5 else 1)
-    patches = (vision.image_size // vision.patch_size) ** 2 + 1
-    vision_bytes = images * patches * (vision.hidden_size * 6 + vision.intermediate_size) * element
+    patches = 0 if pixels is None else (pixels.shape[-2] // vision.patch_size) * (pixels.shape[-1] // vision.patch_size) + 1
+    # CLIP and SigLIP state the MLP's width; DINOv2 states a ratio of the hidden size.
+    mlp = getattr(vision, "intermediate_size", None) or int(vision.hidden_size * getattr(vision, "mlp_ratio", 4))
+    vision_bytes = images * patches * (vision.hidden_size * 6 + mlp) * element
     return int(1.5 * (kv + prefill + logits + vision_bytes))
 
 
