@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib import resources
 
 import pytest
 import torch
@@ -217,8 +218,17 @@ def test_an_interrupted_run_resumes_without_redoing_samples(tmp_path, monkeypatc
     assert second.exit_code == 0, second.stderr
     assert calls == [2]  # only the last two samples were answered
     assert json.loads(second.stdout)["samples"] == 6
-    other = runner.invoke(app, [*args[:-3], "--profile", "fastv", "--json"])
-    assert other.exit_code == 2 and "holds another run" in other.stderr
+    calls.clear()
+    more = runner.invoke(app, [*args[:-1], "--profile", "fastv", "--json"])
+    assert more.exit_code == 0, more.stderr
+    assert calls == [2, 2, 2]  # an added profile reuses the finished one: only fastv's samples ran
+    assert [row["profile"] for row in json.loads(more.stdout)["profiles"]] == ["baseline", "fastv"]
+    fewer = runner.invoke(app, [*args[:-3], "--limit", "4", "--profile", "baseline", "--json"])
+    assert fewer.exit_code == 2 and "holds another run (it differs in dataset" in fewer.stderr
+    changed = tmp_path / "fastv.toml"
+    changed.write_text((resources.files("tokentrim_cli") / "profiles" / "fastv.toml").read_text().replace("drop_ratio = 0.5", "drop_ratio = 0.75"))
+    renamed = runner.invoke(app, [*args[:-1], "--profile", str(changed), "--json"])
+    assert renamed.exit_code == 2 and "differs in profile" in renamed.stderr
 
 
 # ---- several processes ------------------------------------------------------------------------------------

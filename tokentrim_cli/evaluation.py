@@ -112,10 +112,16 @@ class Store:
                 existing = json.loads(marker.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise InputError(f"{marker}: unreadable ({e}); remove the folder to start afresh") from None
-            if existing != description:
-                changed = sorted(k for k in set(existing) | set(description) if existing.get(k) != description.get(k))
+            changed = sorted(k for k in set(existing) | set(description) if k != "profiles" and existing.get(k) != description.get(k))
+            before = existing.get("profiles", {})
+            changed += [f"profile {name}" for name, digest in description["profiles"].items() if before.get(name, digest) != digest]
+            if changed:
                 raise UsageError(f"--output-dir {folder} holds another run (it differs in {', '.join(changed)})",
                                  hint="use a new folder, or the same settings to resume that run")  # fmt: skip
+            # Same samples and settings: profiles may be added (or left out); finished ones are reused.
+            description = {**description, "profiles": {**before, **description["profiles"]}}
+            if description != existing:
+                write_text_atomic(marker, json.dumps(description, indent=2) + "\n")
         else:
             check_writable(marker)
             write_text_atomic(marker, json.dumps(description, indent=2) + "\n")
