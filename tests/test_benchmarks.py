@@ -234,6 +234,16 @@ def test_an_interrupted_run_resumes_without_redoing_samples(tmp_path, monkeypatc
 # ---- several processes ------------------------------------------------------------------------------------
 
 
+def free_port() -> str:
+    """A port nobody listens on: two launches in a row on the default port 29500 can collide while
+    the first one's socket is still closing (the second then aborts)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
 def test_two_processes_equal_one(tmp_path):
     """accelerate launch with 2 CPU processes over gloo: the same answers and scores as one process.
     (On CPUs accelerate's own --cpu launcher needs MPI; --multi_gpu starts torchrun's processes, and
@@ -245,7 +255,7 @@ def test_two_processes_equal_one(tmp_path):
     single = subprocess.run([sys.executable, "-m", "tokentrim_cli", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert single.returncode == 0, single.stderr
     launched = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", free_port(), "--mixed_precision", "no",
          "--dynamo_backend", "no", "-m", "tokentrim_cli", *args],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )  # fmt: skip
@@ -295,7 +305,7 @@ def test_calibration_with_two_processes_equals_one(tmp_path):
                             cwd=tmp_path, timeout=300)  # fmt: skip
     assert single.returncode == 0, single.stderr
     launched = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", free_port(), "--mixed_precision", "no",
          "--dynamo_backend", "no", "-m", "tokentrim_cli", *args("two")],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )  # fmt: skip
