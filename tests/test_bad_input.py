@@ -328,7 +328,11 @@ def _spawn(*args, **kwargs):
 def test_sigterm_ends_like_ctrl_c_with_exit_143(tmp_path):
     # A long answer (random weights rarely say </s>; the length is capped at the context).
     process = _spawn("chat", *TINY, "-p", "hi", "-n", "100000", cwd=tmp_path)
-    time.sleep(6)  # past the imports and the load: generating
+    # Signal once the model is loaded, not after a fixed delay: the ~4,000-token answer takes ~3 s
+    # here, and a signal that lands after the command's own handler is gone kills it with -15.
+    loaded = process.stderr.readline()
+    assert loaded.startswith("Loaded"), loaded
+    time.sleep(1.0)
     if process.poll() is not None:
         pytest.skip("the answer ended before the signal")
     process.send_signal(signal.SIGTERM)
