@@ -337,8 +337,7 @@ class Trimmer:
         batch = inputs_embeds.shape[0]
         positions = torch.cat([cache.next_rope_position(i, batch, device) for i in layers])[:, None]  # (L*B, 1)
         cos, sin = self.language_model.rotary_emb(inputs_embeds, position_ids=positions)
-        rows = [slice(k * batch, (k + 1) * batch) for k in range(len(layers))]
-        return {i: (positions[r], cos[r], sin[r]) for i, r in zip(layers, rows)}
+        return {i: (p, c, s) for i, p, c, s in zip(layers, positions.split(batch), cos.split(batch), sin.split(batch))}
 
     def _decode_hooks_at(self, cache, layer_idx, layer, hidden_in, token_index, cos, sin, decode_step) -> None:
         step = DecodeStep(layer=layer_idx, num_layers=self.num_layers, decode_step=decode_step, memory=cache.meta.method_state)
