@@ -49,19 +49,30 @@ from tokentrim_cli import assembly, scenes  # noqa: E402
 
 HOLDOUT_SEED = 900_000  # held-out pictures for monitoring: neither training, evaluation nor calibration
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Question types per turn: describe is long, so it comes less often per turn.
+# Question types per turn (`--type-weights` overrides): describe is long, so it comes less often per turn.
 TYPE_WEIGHTS = {"count_color": 3, "count_shape": 3, "color": 3, "shape": 3, "exist": 3, "spatial": 4, "describe": 1}
 
 
-def conversation(seed: int, turns: int, short_share: float, rng: random.Random):
+def parse_type_weights(text: str) -> dict[str, float]:
+    """"count_color=5,spatial=6" -> TYPE_WEIGHTS with those types changed."""
+    weights = dict(TYPE_WEIGHTS)
+    for item in filter(None, text.split(",")):
+        kind, _, value = item.partition("=")
+        if kind.strip() not in weights:
+            raise argparse.ArgumentTypeError(f"unknown question type {kind.strip()!r}; known: {', '.join(weights)}")
+        weights[kind.strip()] = float(value)
+    return weights
+
+
+def conversation(seed: int, turns: int, short_share: float, rng: random.Random, weights: dict[str, float]):
     """(picture, messages) for one training sequence: `turns` questions about one scene."""
     image, objects = scenes.scene(seed)
-    kinds = list(TYPE_WEIGHTS)
+    kinds = list(weights)
     messages = []
     for turn in range(turns):
         question = None
         while question is None:
-            kind = rng.choices(kinds, weights=[TYPE_WEIGHTS[k] for k in kinds])[0]
+            kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
             question = scenes.make_question(kind, objects, rng)
         short = question.type != "describe" and rng.random() < short_share
         prompt = question.prompt if short else question.text
@@ -91,10 +102,10 @@ def answer_labels(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
     return labels
 
 
-def make_batch(processor, seeds: list[int], turns: int, short_share: float, rng: random.Random) -> dict:
+def make_batch(processor, seeds: list[int], turns: int, short_share: float, rng: random.Random, weights) -> dict:
     images, texts = [], []
     for seed in seeds:
-        image, messages = conversation(seed, turns, short_share, rng)
+        image, messages = conversation(seed, turns, short_share, rng, weights)
         images.append(image)
         texts.append(processor.apply_chat_template(messages, add_generation_prompt=False))
     tokenizer = processor.tokenizer
@@ -353,7 +364,7 @@ def run_stage(model, processor, params, *, steps, lr, args, offset, log, questio
                 save_trained(model, out, args.rank, args.alpha)  # what was learnt so far is kept
             break
         seeds = [scenes.TRAIN_SEED + offset + step * args.batch_size + i for i in range(args.batch_size)]
-        batch = make_batch(processor, seeds, args.turns, args.short_share, rng)
+        batch = make_batch(processor, seeds, args.turns, args.short_share, rng, args.type_weights)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = answer_loss(model, batch)
         loss.backward()
@@ -386,6 +397,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--short-share", type=float, default=0.6, help="share of turns in the short-answer form")
+    parser.add_argument("--type-weights", type=parse_type_weights, default=dict(TYPE_WEIGHTS),
+                        help="question mix per turn, e.g. count_color=5,spatial=6 (others keep TYPE_WEIGHTS)")
     parser.add_argument("--projector-lr", type=float, default=1e-3)
     parser.add_argument("--lora-lr", type=float, default=3e-4)
     parser.add_argument("--rank", type=int, default=16)

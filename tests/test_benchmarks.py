@@ -266,6 +266,42 @@ def test_two_processes_equal_one(tmp_path):
         assert a["ids"] == b["ids"] and a["predictions"] == b["predictions"] and a["score"] == b["score"]
 
 
+LEAVE_SCRIPT = """
+import os, sys
+from tokentrim_cli.distributed import Shard, _leave_process_group
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+shard = Shard.from_environment()
+from transformers import LlavaForConditionalGeneration  # its imports bind torch.distributed.nn's defaults
+import torch.distributed as dist
+
+gathered = [None] * shard.world
+dist.all_gather_object(gathered, {"rank": shard.rank})
+during = threads()
+_leave_process_group()
+with open(f"threads-{shard.rank}.txt", "w") as out:  # not stdout: the two processes' lines interleave
+    out.write(f"{during} {threads()}")
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_leaving_the_process_group_joins_its_threads(tmp_path):
+    """Each process destroys its group before the interpreter finalises, and that really stops gloo's
+    threads: left alive, one of them can take the GIL during finalisation and abort the process
+    (SIGABRT after every result was written: the two-process tests failed about one run in ten)."""
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
+    launched = subprocess.run([*torchrun, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    for rank in range(2):
+        during, after = map(int, (tmp_path / f"threads-{rank}.txt").read_text().split())
+        assert after <= during - 3, (during, after)  # gloo's loop thread and its two workers are gone
+
+
 # ---- a model spread over devices (accelerate device_map, with layers offloaded to disk) -------------------
 
 

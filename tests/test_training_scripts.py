@@ -133,3 +133,18 @@ def test_alignment_targets_cover_each_object():
     assert (7, 7) in covered[0] and all(abs(r * 14 + 7 - 100) < 23 and abs(c * 14 + 7 - 100) < 23 for r, c in covered[0])
     assert (1, 21) in covered[1]  # the patch under the small object's centre, however small it is
     assert owner.count(-1) == 24 * 24 - len(covered[0]) - len(covered[1])
+
+
+def test_type_weights_change_the_question_mix():
+    train_scenes = pytest.importorskip("train_scenes_model")
+    import argparse
+    import random
+
+    weights = train_scenes.parse_type_weights("count_color=5, spatial=0")
+    assert weights["count_color"] == 5 and weights["spatial"] == 0 and weights["shape"] == train_scenes.TYPE_WEIGHTS["shape"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown question type 'colour'"):
+        train_scenes.parse_type_weights("colour=2")
+    only_counts = {kind: 0.0 for kind in train_scenes.TYPE_WEIGHTS} | {"count_shape": 1.0}
+    _, messages = train_scenes.conversation(7, 6, 1.0, random.Random(0), only_counts)
+    prompts = [m["content"][-1]["text"] for m in messages if m["role"] == "user"]
+    assert len(prompts) == 6 and all("How many" in p for p in prompts)

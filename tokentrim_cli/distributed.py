@@ -9,6 +9,7 @@ world 1 and no communication.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -16,6 +17,23 @@ from dataclasses import dataclass
 def launched() -> bool:
     """Whether this process was started by a distributed launcher (accelerate, torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group while the interpreter is still whole.
+
+    Gloo's worker threads release each finished collective's tensors after the caller has moved on,
+    and releasing a tensor takes the GIL; a worker that asks for it while the interpreter finalises
+    aborts the process ("terminate called without an active exception", SIGABRT), and the launcher
+    then kills the others and fails a run whose results were all written (about one run in ten
+    here). Destroying the group joins those threads first. That only works when nothing else holds
+    the group: torch.distributed.nn.functional binds `group.WORLD` as default arguments when it is
+    first imported (transformers' imports pull it in), so from_environment imports it before the
+    group exists."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @dataclass
@@ -33,11 +51,13 @@ class Shard:
         if not launched():
             return cls.single()
         import torch
+        import torch.distributed.nn.functional  # noqa: F401  (before the group exists: see _leave_process_group)
         from accelerate import PartialState
 
         # Without GPUs the launcher's processes still need a process group: gloo (accelerate's
         # MULTI_CPU); with GPUs, NCCL.
         state = PartialState(cpu=not torch.cuda.is_available())
+        atexit.register(_leave_process_group)
         return cls(rank=state.process_index, world=state.num_processes)
 
     @property
