@@ -12,6 +12,7 @@ stopped. The versions are this environment's (run the script in the environment 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import platform
 import re
@@ -31,6 +32,8 @@ def command(arguments: dict) -> str:
     for key, value in arguments.items():
         if value == "None" or key == "log":
             continue
+        if value.startswith("{"):  # --type-weights, logged as a dict: back to its command-line form
+            value = ",".join(f"{kind}={weight:g}" for kind, weight in ast.literal_eval(value).items())
         parts += [f"--{key.replace('_', '-')}", value]
     return " ".join(parts)
 

@@ -148,3 +148,13 @@ def test_type_weights_change_the_question_mix():
     _, messages = train_scenes.conversation(7, 6, 1.0, random.Random(0), only_counts)
     prompts = [m["content"][-1]["text"] for m in messages if m["role"] == "user"]
     assert len(prompts) == 6 and all("How many" in p for p in prompts)
+
+
+def test_a_logged_question_mix_becomes_its_command_line_form():
+    record = pytest.importorskip("record_training")
+    train_scenes = pytest.importorskip("train_scenes_model")
+
+    logged = str(train_scenes.parse_type_weights("count_color=5,spatial=6"))  # how the training log writes it
+    line = record.command({"out": "runs/b", "type_weights": logged})
+    assert line.startswith("python scripts/train_scenes_model.py --out runs/b --type-weights count_color=5,count_shape=3,")
+    assert train_scenes.parse_type_weights(line.split("--type-weights ")[1]) == train_scenes.parse_type_weights("count_color=5,spatial=6")
