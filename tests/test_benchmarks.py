@@ -244,30 +244,36 @@ def free_port() -> str:
         return str(probe.getsockname()[1])
 
 
-def test_two_processes_equal_one(tmp_path):
-    """accelerate launch with 2 CPU processes over gloo: the same answers and scores as one process.
-    (On CPUs accelerate's own --cpu launcher needs MPI; --multi_gpu starts torchrun's processes, and
-    tokentrim joins them with gloo when there is no GPU.)"""
-    accelerate = shutil.which("accelerate")
-    args = ["eval", "-m", "random:tiny", "--dataset", "scenes", "--limit", "5", "--batch-size", "1", "--profile",
-            "baseline", "--profile", "fastv", "--json"]  # fmt: skip
+def run_once_and_on_two_processes(cwd, single_args: list[str], launched_args: list[str]) -> tuple[dict, dict]:
+    """The JSON printed by `tokentrim ARGS` in one process and under `accelerate launch` with two CPU
+    processes over gloo. (On CPUs accelerate's own --cpu launcher needs MPI; --multi_gpu starts
+    torchrun's processes, and tokentrim joins them with gloo when there is no GPU.)"""
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENTRIM_TEST_THREADS="1")
-    single = subprocess.run([sys.executable, "-m", "tokentrim_cli", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    single = subprocess.run([sys.executable, "-m", "tokentrim_cli", *single_args], capture_output=True, text=True, env=env,
+                            cwd=cwd, timeout=300)  # fmt: skip
     assert single.returncode == 0, single.stderr
     launched = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", free_port(), "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "tokentrim_cli", *args],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--main_process_port", free_port(), "--mixed_precision", "no", "--dynamo_backend", "no",
+         "-m", "tokentrim_cli", *launched_args],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
     )  # fmt: skip
     assert launched.returncode == 0, launched.stderr[-2000:]
-    one, two = json.loads(single.stdout), json.loads(launched.stdout)
+    return json.loads(single.stdout), json.loads(launched.stdout)
+
+
+def test_two_processes_equal_one(tmp_path):
+    """accelerate launch with 2 CPU processes over gloo: the same answers and scores as one process."""
+    args = ["eval", "-m", "random:tiny", "--dataset", "scenes", "--limit", "5", "--batch-size", "1", "--profile",
+            "baseline", "--profile", "fastv", "--json"]  # fmt: skip
+    one, two = run_once_and_on_two_processes(tmp_path, args, args)
     assert two["settings"]["processes"] == 2 and one["settings"]["processes"] == 1
     for a, b in zip(one["profiles"], two["profiles"]):
         assert a["ids"] == b["ids"] and a["predictions"] == b["predictions"] and a["score"] == b["score"]
 
 
 LEAVE_SCRIPT = """
-import os, sys
+import os
 from tokentrim_cli.distributed import Shard, _leave_process_group
 
 def threads():
@@ -330,22 +336,10 @@ def test_device_map_with_disk_offload_equals_the_plain_model(tmp_path):
 
 
 def test_calibration_with_two_processes_equals_one(tmp_path):
-    accelerate = shutil.which("accelerate")
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENTRIM_TEST_THREADS="1")
-
     def args(name):
         return ["calibrate", "-m", "random:tiny", "--method", "vtw", "--samples", "5", "--min-layer", "1", "--json",
                 "-o", str(tmp_path / f"{name}.toml")]  # fmt: skip
 
-    single = subprocess.run([sys.executable, "-m", "tokentrim_cli", *args("one")], capture_output=True, text=True, env=env,
-                            cwd=tmp_path, timeout=300)  # fmt: skip
-    assert single.returncode == 0, single.stderr
-    launched = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", free_port(), "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "tokentrim_cli", *args("two")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
-    assert launched.returncode == 0, launched.stderr[-2000:]
-    one, two = json.loads(single.stdout), json.loads(launched.stdout)
+    one, two = run_once_and_on_two_processes(tmp_path, args("one"), args("two"))
     assert one["per_sample_kl"] == two["per_sample_kl"] and one["chosen"] == two["chosen"]
     assert (tmp_path / "two.toml").is_file()
