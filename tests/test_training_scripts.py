@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,27 @@ def test_a_logged_question_mix_becomes_its_command_line_form():
     line = record.command({"out": "runs/b", "type_weights": logged})
     assert line.startswith("python scripts/train_scenes_model.py --out runs/b --type-weights count_color=5,count_shape=3,")
     assert train_scenes.parse_type_weights(line.split("--type-weights ")[1]) == train_scenes.parse_type_weights("count_color=5,spatial=6")
+
+
+def test_narrowed_training_scenes_make_counts_past_one_common():
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    seeds = [scenes.TRAIN_SEED + n for n in range(60)]
+    plain = train_scenes.training_scene(seeds[0], 0.0)  # share 0: the scene as every earlier run drew it
+    assert plain[1] == scenes.scene(seeds[0])[1] and plain[0].tobytes() == scenes.scene(seeds[0])[0].tobytes()
+    narrowed = [train_scenes.training_scene(seed, 1.0)[1] for seed in seeds]
+    for objects in narrowed:
+        assert len({o.color for o in objects}) <= 3 and len({o.shape for o in objects}) <= 3
+        assert scenes.MIN_OBJECTS <= len(objects) <= scenes.MAX_OBJECTS
+    # recounted here: of the colours in a picture (what a count question asks about), how many
+    # appear more than once
+    def repeated(scenes_objects):
+        counts = [n for objects in scenes_objects for n in Counter(o.color for o in objects).values()]
+        return sum(n >= 2 for n in counts) / len(counts)
+
+    assert repeated(narrowed) > 0.6
+    assert repeated([scenes.place_objects(random.Random(seed)) for seed in seeds]) < 0.35
+    half = [train_scenes.training_scene(seed, 0.5)[1] for seed in seeds]
+    share = sum(a != scenes.place_objects(random.Random(seed)) for a, seed in zip(half, seeds)) / len(seeds)
+    assert 0.35 < share < 0.65 and half == [train_scenes.training_scene(seed, 0.5)[1] for seed in seeds]

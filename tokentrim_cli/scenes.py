@@ -103,8 +103,10 @@ def shape_polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float,
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def place_objects(rng: random.Random) -> list[SceneObject]:
-    """3-8 objects with random shape, colour, size and place, never overlapping."""
+def place_objects(rng: random.Random, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = tuple(COLORS)) -> list[SceneObject]:
+    """3-8 objects with random shape, colour, size and place, never overlapping. `shapes` and
+    `colors` narrow the choice (training draws some scenes from a few of each, so that counts past
+    one are common); the defaults draw the evaluation and calibration sets."""
     count = rng.randint(MIN_OBJECTS, MAX_OBJECTS)
     objects: list[SceneObject] = []
     while len(objects) < count:
@@ -117,7 +119,7 @@ def place_objects(rng: random.Random) -> list[SceneObject]:
                 break
         else:  # no room left: a smaller scene
             break
-        objects.append(SceneObject(rng.choice(SHAPES), rng.choice(tuple(COLORS)), size, x, y, radius))
+        objects.append(SceneObject(rng.choice(shapes), rng.choice(colors), size, x, y, radius))
     return objects
 
 
