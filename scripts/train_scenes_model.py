@@ -69,9 +69,9 @@ def training_scene(seed: int, narrow_share: float):
     """(picture, objects) for training picture `seed`. A `narrow_share` of them draw their objects
     from 2-3 colours and 2-3 shapes: in the evaluation's distribution (8 colours, 6 shapes, 3-8
     objects) most counts are 0 or 1, so a model that answers "1" to every count question loses
-    little, and runs 1-4 learnt exactly that (31 of 39 count answers "1"); scenes with repeats make
-    counts of 2-5 common and the prior useless. Which pictures are narrowed, and how, follows from
-    the seed alone."""
+    little, and the weights of runs 2-4 learnt exactly that (31 of 39 count answers "1"); scenes
+    with repeats make counts of 2-5 common and that prior costly. Which pictures are narrowed, and
+    how, follows from the seed alone."""
     choose = random.Random(f"narrow-{seed}")
     if choose.random() >= narrow_share:
         return scenes.scene(seed)

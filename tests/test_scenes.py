@@ -137,3 +137,18 @@ def test_the_chat_sentence_and_the_short_answer_agree():
             assert question.answer in question.sentence
         if question.type in ("exist", "spatial"):
             assert question.sentence.lower().startswith(question.answer)
+
+
+def test_the_evaluation_and_calibration_sets_are_the_measured_ones():
+    """Every committed scenes number (benchmarks/README.md, the model card) was measured on these
+    questions; a change to the generator that redraws them must fail here, and then every number
+    must be remeasured. (Training-only options such as narrowed palettes must leave them alone.)"""
+    import hashlib
+    import json
+
+    def digest(samples):
+        rows = [[s.seed, s.question.type, s.question.text, s.question.answer] for s in samples]
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+    assert digest(scenes.evaluation_questions()) == "08cd4417abe43d3450bccb80a14e97c2758e45183405d8cb356f5e1313199683"
+    assert digest(scenes.calibration_samples()) == "3145766cb5f50730dc77365768425bfdb0f94bae1a4edff4fb333c807f624001"
