@@ -20,11 +20,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import train_scenes_model as training  # noqa: E402
+import train_scenes_model as training  # noqa: E402  (beside this script: on sys.path already)
 
 from tokentrim_cli import assembly  # noqa: E402
 

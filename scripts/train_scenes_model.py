@@ -77,9 +77,7 @@ def training_scene(seed: int, narrow_share: float):
         return scenes.scene(seed)
     colors = tuple(choose.sample(tuple(scenes.COLORS), choose.randint(2, 3)))
     shapes = tuple(choose.sample(scenes.SHAPES, choose.randint(2, 3)))
-    rng = random.Random(seed)
-    objects = scenes.place_objects(rng, shapes=shapes, colors=colors)
-    return scenes.draw(objects, rng), objects
+    return scenes.scene(seed, shapes=shapes, colors=colors)
 
 
 def conversation(seed: int, turns: int, short_share: float, rng: random.Random, weights: dict[str, float], narrow_share: float = 0.0):

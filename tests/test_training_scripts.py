@@ -139,7 +139,6 @@ def test_alignment_targets_cover_each_object():
 def test_type_weights_change_the_question_mix():
     train_scenes = pytest.importorskip("train_scenes_model")
     import argparse
-    import random
 
     weights = train_scenes.parse_type_weights("count_color=5, spatial=0")
     assert weights["count_color"] == 5 and weights["spatial"] == 0 and weights["shape"] == train_scenes.TYPE_WEIGHTS["shape"]

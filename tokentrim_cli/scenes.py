@@ -154,10 +154,10 @@ def draw(objects: list[SceneObject], rng: random.Random):
     return Image.fromarray(np.clip(picture, 0, 255).round().astype(np.uint8))
 
 
-def scene(seed: int):
-    """(picture, objects) for one seed."""
+def scene(seed: int, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = tuple(COLORS)):
+    """(picture, objects) for one seed (`shapes`, `colors`: as in place_objects)."""
     rng = random.Random(seed)
-    objects = place_objects(rng)
+    objects = place_objects(rng, shapes, colors)
     return draw(objects, rng), objects
 
 
