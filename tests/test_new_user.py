@@ -303,8 +303,11 @@ def test_ctrl_c_while_an_image_downloads_keeps_the_session(repl):
     import threading
     import time
 
+    requested = threading.Event()
+
     class Slow(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            requested.set()
             time.sleep(30)
 
         def log_message(self, *args):
@@ -315,7 +318,10 @@ def test_ctrl_c_while_an_image_downloads_keeps_the_session(repl):
     child, _ = repl
     try:
         child.sendline(f"/image http://127.0.0.1:{server.server_address[1]}/slow.png")
-        time.sleep(1.5)
+        # Interrupt once the download is under way: a Ctrl-C that lands while readline is still
+        # finishing the line can be swallowed by readline itself (seen on a loaded CI machine).
+        assert requested.wait(30), "the download never reached the server"
+        time.sleep(0.3)
         child.sendintr()
         child.expect_exact("Cancelled: no image attached.")
         child.expect_exact(">>> ")
