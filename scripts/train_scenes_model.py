@@ -22,7 +22,10 @@ one word. The loss covers the answers only, and is computed on those positions a
 Pictures come from seeds TRAIN_SEED + n (and ALIGN_SEED + n in stage 0; scenes.py); the evaluation
 set (EVAL_SEED) and the calibration set (CALIBRATION_SEED) are never drawn, and the held-out check
 below uses its own seeds. `--narrow-share` draws that share of the training pictures from 2-3
-colours and 2-3 shapes (`training_scene`), so that counts past one are common.
+colours and 2-3 shapes (`training_scene`), so that counts past one are common. `--type-weights
+position=N` adds a training-only question, where one named object lies in the picture
+(`position_question`), and `--distinct` asks no question twice in a sequence (run 9, aimed at the
+spatial questions).
 
 The shipped weights (tokentrim_cli/scenes_model/: projector.safetensors, adapter.safetensors,
 adapter.json) are written at every checkpoint, so a run can stop at any time. The runs that produced
@@ -51,7 +54,9 @@ from tokentrim_cli import assembly, scenes  # noqa: E402
 HOLDOUT_SEED = 900_000  # held-out pictures for monitoring: neither training, evaluation nor calibration
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Question types per turn (`--type-weights` overrides): describe is long, so it comes less often per turn.
-TYPE_WEIGHTS = {"count_color": 3, "count_shape": 3, "color": 3, "shape": 3, "exist": 3, "spatial": 4, "describe": 1}
+# `position` is a training-only question (position_question below), off unless given a weight.
+TYPE_WEIGHTS = {"count_color": 3, "count_shape": 3, "color": 3, "shape": 3, "exist": 3, "spatial": 4, "describe": 1,
+                "position": 0}  # fmt: skip
 
 
 def parse_type_weights(text: str) -> dict[str, float]:
@@ -80,16 +85,47 @@ def training_scene(seed: int, narrow_share: float):
     return scenes.scene(seed, shapes=shapes, colors=colors)
 
 
-def conversation(seed: int, turns: int, short_share: float, rng: random.Random, weights: dict[str, float], narrow_share: float = 0.0):
-    """(picture, messages) for one training sequence: `turns` questions about one scene."""
+POSITION_AXES = {"x": ("left", "right", "on the left or on the right of the picture"),
+                  "y": ("top", "bottom", "at the top or at the bottom of the picture")}  # fmt: skip
+
+
+def position_question(objects, rng: random.Random) -> scenes.Question | None:
+    """"Is the red star on the left or on the right of the picture?" -> "left": where one named
+    object lies in the picture. Not an evaluation type: a step towards the spatial questions, which
+    compare two such positions and which runs 2-8 left at chance. Objects whose centre lies within
+    RELATION_GAP of the middle line are not asked about (the answer would not be clear)."""
+    axis = rng.choice(tuple(POSITION_AXES))
+    low, high, words = POSITION_AXES[axis]
+    middle = scenes.SIZE / 2
+    named = [(o, n) for o in objects if (n := scenes._name(o, objects))
+             and abs((o.x if axis == "x" else o.y) - middle) >= scenes.RELATION_GAP]  # fmt: skip
+    if not named:
+        return None
+    o, name = rng.choice(named)
+    answer = low if (o.x if axis == "x" else o.y) < middle else high
+    where = f"on the {answer}" if axis == "x" else f"at the {answer}"
+    return scenes.Question("position", f"Is the {name} {words}?", answer, f"The {name} is {where} of the picture.")
+
+
+def conversation(seed: int, turns: int, short_share: float, rng: random.Random, weights: dict[str, float], narrow_share: float = 0.0,
+                 distinct: bool = False):  # fmt: skip
+    """(picture, messages) for one training sequence: `turns` questions about one scene. With
+    `distinct`, a question already asked in the sequence is drawn again (up to 20 tries): a repeat's
+    answer can be copied from the earlier turn, so it teaches nothing about the picture."""
     image, objects = training_scene(seed, narrow_share)
     kinds = list(weights)
     messages = []
+    asked: set[str] = set()
     for turn in range(turns):
         question = None
+        tries = 0
         while question is None:
             kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
-            question = scenes.make_question(kind, objects, rng)
+            question = position_question(objects, rng) if kind == "position" else scenes.make_question(kind, objects, rng)
+            tries += 1
+            if distinct and question is not None and question.text in asked and tries < 20:
+                question = None
+        asked.add(question.text)
         short = question.type != "describe" and rng.random() < short_share
         prompt = question.prompt if short else question.text
         answer = question.answer if short else question.sentence
@@ -118,10 +154,11 @@ def answer_labels(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
     return labels
 
 
-def make_batch(processor, seeds: list[int], turns: int, short_share: float, rng: random.Random, weights, narrow_share: float = 0.0) -> dict:
+def make_batch(processor, seeds: list[int], turns: int, short_share: float, rng: random.Random, weights, narrow_share: float = 0.0,
+               distinct: bool = False) -> dict:  # fmt: skip
     images, texts = [], []
     for seed in seeds:
-        image, messages = conversation(seed, turns, short_share, rng, weights, narrow_share)
+        image, messages = conversation(seed, turns, short_share, rng, weights, narrow_share, distinct)
         images.append(image)
         texts.append(processor.apply_chat_template(messages, add_generation_prompt=False))
     tokenizer = processor.tokenizer
@@ -380,7 +417,8 @@ def run_stage(model, processor, params, *, steps, lr, args, offset, log, questio
                 save_trained(model, out, args.rank, args.alpha)  # what was learnt so far is kept
             break
         seeds = [scenes.TRAIN_SEED + offset + step * args.batch_size + i for i in range(args.batch_size)]
-        batch = make_batch(processor, seeds, args.turns, args.short_share, rng, args.type_weights, args.narrow_share)
+        batch = make_batch(processor, seeds, args.turns, args.short_share, rng, args.type_weights, args.narrow_share,
+                           args.distinct)  # fmt: skip
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = answer_loss(model, batch)
         loss.backward()
@@ -417,6 +455,7 @@ def main() -> None:
                         help="question mix per turn, e.g. count_color=5,spatial=6 (others keep TYPE_WEIGHTS)")
     parser.add_argument("--narrow-share", type=float, default=0.0,
                         help="share of training pictures drawn from 2-3 colours and shapes (counts past one)")
+    parser.add_argument("--distinct", action="store_true", help="no question twice in one training sequence")
     parser.add_argument("--projector-lr", type=float, default=1e-3)
     parser.add_argument("--lora-lr", type=float, default=3e-4)
     parser.add_argument("--rank", type=int, default=16)

@@ -182,3 +182,44 @@ def test_narrowed_training_scenes_make_counts_past_one_common():
     half = [train_scenes.training_scene(seed, 0.5)[1] for seed in seeds]
     share = sum(a != scenes.place_objects(random.Random(seed)) for a, seed in zip(half, seeds)) / len(seeds)
     assert 0.35 < share < 0.65 and half == [train_scenes.training_scene(seed, 0.5)[1] for seed in seeds]
+
+
+def test_position_questions_have_the_right_answers():
+    """The training-only position question, checked from the object list: the named object is found
+    by its words and its centre compared with the middle of the picture here, not in the script."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    rng = random.Random(11)
+    asked = Counter()
+    for seed in range(150):
+        _, objects = scenes.scene(scenes.TRAIN_SEED + seed)
+        question = train_scenes.position_question(objects, rng)
+        if question is None:
+            continue
+        words = question.text.rstrip("?").split()
+        name = words[2 : words.index("on" if "left" in words else "at")]
+        matches = [o for o in objects if o.phrase.split()[-len(name) :] == name]
+        assert len(matches) == 1, question.text  # the name picks out one object
+        (o,) = matches
+        centre = o.x if "left" in words else o.y
+        assert abs(centre - 168) >= scenes.RELATION_GAP  # never a borderline object
+        expected = ("left" if centre < 168 else "right") if "left" in words else ("top" if centre < 168 else "bottom")
+        assert question.answer == expected and expected in question.sentence
+        asked[question.answer] += 1
+    assert min(asked[a] for a in ("left", "right", "top", "bottom")) >= 15  # all four answers are asked
+
+
+def test_distinct_sequences_ask_no_question_twice_and_old_mixes_replay():
+    train_scenes = pytest.importorskip("train_scenes_model")
+
+    weights = train_scenes.parse_type_weights("spatial=10,position=6")
+    for seed in range(10):
+        _, messages = train_scenes.conversation(seed, 14, 0.6, random.Random(seed), weights, 0.3, distinct=True)
+        prompts = [m["content"][-1]["text"].split("\n")[0] for m in messages if m["role"] == "user"]
+        assert len(prompts) == 14 and len(set(prompts)) == 14
+    # `position` is in TYPE_WEIGHTS with weight 0 by default: the committed runs' draws do not move.
+    old = {k: v for k, v in train_scenes.TYPE_WEIGHTS.items() if k != "position"}
+    _, with_position = train_scenes.conversation(5, 8, 0.7, random.Random(1), dict(train_scenes.TYPE_WEIGHTS), 0.3)
+    _, without = train_scenes.conversation(5, 8, 0.7, random.Random(1), old, 0.3)
+    assert with_position == without
