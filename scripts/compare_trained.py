@@ -8,12 +8,19 @@ training script's HOLDOUT_SEED (neither training, evaluation nor calibration), q
 rotation. One JSON line per folder: exact match per short-answer type, "short" over all of them,
 and describe recall. This is how a new run is accepted or not before anything is measured on the
 evaluation set, so that choosing the shipped weights is not tuning on it.
+
+`--position N` also asks, on N more held-out pictures (from PROBE_SEED), the training-only
+position question (train_scenes_model.position_question: is one named object on the left or right,
+at the top or bottom) and a spatial question, and reports the accuracy of each: whether the weights
+can tell where one object is, and whether they can compare two (20 spatial questions in the rule's
+140 move by 5 points per answer). It is a diagnostic, not part of the rule.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -24,7 +31,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import train_scenes_model as training  # noqa: E402  (beside this script: on sys.path already)
 
-from tokentrim_cli import assembly  # noqa: E402
+from tokentrim_cli import assembly, scenes  # noqa: E402
+
+
+PROBE_SEED = 960_000  # position probe pictures: after the held-out questions' seeds, before nothing else
+
+
+def position_questions(count: int) -> list[tuple[int, object]]:
+    out = []
+    for i in range(count):
+        seed = PROBE_SEED + i
+        _, objects = scenes.scene(seed)
+        rng = random.Random(f"position-{seed}")
+        for question in (training.position_question(objects, rng), scenes.make_question("spatial", objects, rng)):
+            if question is not None:
+                out.append((seed, question))
+    return out
+
+
+@torch.no_grad()
+def position_scores(model, processor, questions) -> dict:
+    from tokentrim_cli.inputs import chat_messages
+
+    model.eval()
+    right: dict[str, list[bool]] = {"position_left_right": [], "position_top_bottom": [], "spatial": []}
+    for seed, question in questions:
+        image, _ = scenes.scene(seed)
+        text = processor.apply_chat_template(chat_messages(question.prompt, n_images=1), add_generation_prompt=True)
+        batch = processor(images=[image], text=[text], return_tensors="pt")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.generate(**batch, max_new_tokens=4, do_sample=False)
+        answer = processor.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        if question.type == "spatial":
+            kind = "spatial"
+        else:
+            kind = "position_left_right" if question.answer in ("left", "right") else "position_top_bottom"
+        right[kind].append(scenes.normalize_short(answer) == question.answer)
+    return {f"probe_{kind}": f"{sum(v)}/{len(v)}" for kind, v in right.items()}
 
 
 def main() -> None:
@@ -32,6 +75,7 @@ def main() -> None:
     parser.add_argument("folders", type=Path, nargs="+")
     parser.add_argument("--questions", type=int, default=140)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--position", type=int, default=0, help="also probe position questions on this many pictures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     questions = training.holdout_questions(args.questions)
@@ -48,7 +92,9 @@ def main() -> None:
             raise SystemExit(f"{folder}: adapter rank/alpha {config['rank']}/{config['alpha']} differ from the first folder's")
         started = time.time()
         training.load_trained(model, folder)
-        scores = training.holdout_check(model, processor, questions)
+        scores = training.holdout_check(model, processor, questions) if questions else {}
+        if args.position:
+            scores |= position_scores(model, processor, position_questions(args.position))
         print(json.dumps({"folder": str(folder), "questions": args.questions, **scores,
                           "minutes": round((time.time() - started) / 60, 1)}), flush=True)  # fmt: skip
 

@@ -223,3 +223,17 @@ def test_distinct_sequences_ask_no_question_twice_and_old_mixes_replay():
     _, with_position = train_scenes.conversation(5, 8, 0.7, random.Random(1), dict(train_scenes.TYPE_WEIGHTS), 0.3)
     _, without = train_scenes.conversation(5, 8, 0.7, random.Random(1), old, 0.3)
     assert with_position == without
+
+
+def test_the_position_probe_draws_fixed_questions_off_every_other_seed_space():
+    train_scenes = pytest.importorskip("train_scenes_model")
+    compare = pytest.importorskip("compare_trained")
+    from tokentrim_cli import scenes
+
+    first, again = compare.position_questions(12), compare.position_questions(12)
+    assert [(s, q.text, q.answer) for s, q in first] == [(s, q.text, q.answer) for s, q in again]
+    assert {q.type for _, q in first} == {"position", "spatial"}
+    # not the evaluation, calibration, training, alignment or held-out (140 questions) pictures
+    for seed, _ in first:
+        assert scenes.EVAL_SEED + scenes.EVAL_PICTURES <= seed and scenes.CALIBRATION_SEED + 100 <= seed < scenes.TRAIN_SEED
+        assert not train_scenes.HOLDOUT_SEED <= seed < train_scenes.HOLDOUT_SEED + 140
