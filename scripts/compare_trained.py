@@ -33,11 +33,10 @@ import train_scenes_model as training  # noqa: E402  (beside this script: on sys
 
 from tokentrim_cli import assembly, scenes  # noqa: E402
 
+PROBE_SEED = 960_000  # past the held-out questions (HOLDOUT_SEED, 900,000 up), below the training pictures
 
-PROBE_SEED = 960_000  # position probe pictures: after the held-out questions' seeds, before nothing else
 
-
-def position_questions(count: int) -> list[tuple[int, object]]:
+def position_questions(count: int) -> list[tuple[int, scenes.Question]]:
     out = []
     for i in range(count):
         seed = PROBE_SEED + i

@@ -92,12 +92,13 @@ POSITION_AXES = {"x": ("left", "right", "on the left or on the right of the pict
 def position_question(objects, rng: random.Random) -> scenes.Question | None:
     """"Is the red star on the left or on the right of the picture?" -> "left": where one named
     object lies in the picture. Not an evaluation type: a step towards the spatial questions, which
-    compare two such positions and which runs 2-8 left at chance. Objects whose centre lies within
-    RELATION_GAP of the middle line are not asked about (the answer would not be clear)."""
+    compare two such positions and which every run before run 9 left at chance. Objects whose
+    centre lies within RELATION_GAP of the middle line are not asked about (the answer would not be
+    clear)."""
     axis = rng.choice(tuple(POSITION_AXES))
     low, high, words = POSITION_AXES[axis]
     middle = scenes.SIZE / 2
-    named = [(o, n) for o in objects if (n := scenes._name(o, objects))
+    named = [(o, n) for o in objects if (n := scenes.unique_name(o, objects))
              and abs((o.x if axis == "x" else o.y) - middle) >= scenes.RELATION_GAP]  # fmt: skip
     if not named:
         return None
@@ -107,8 +108,10 @@ def position_question(objects, rng: random.Random) -> scenes.Question | None:
     return scenes.Question("position", f"Is the {name} {words}?", answer, f"The {name} is {where} of the picture.")
 
 
-def conversation(seed: int, turns: int, short_share: float, rng: random.Random, weights: dict[str, float], narrow_share: float = 0.0,
-                 distinct: bool = False):  # fmt: skip
+def conversation(
+    seed: int, turns: int, short_share: float, rng: random.Random, weights: dict[str, float],
+    narrow_share: float = 0.0, distinct: bool = False,
+):  # fmt: skip
     """(picture, messages) for one training sequence: `turns` questions about one scene. With
     `distinct`, a question already asked in the sequence is drawn again (up to 20 tries): a repeat's
     answer can be copied from the earlier turn, so it teaches nothing about the picture."""
@@ -154,8 +157,10 @@ def answer_labels(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
     return labels
 
 
-def make_batch(processor, seeds: list[int], turns: int, short_share: float, rng: random.Random, weights, narrow_share: float = 0.0,
-               distinct: bool = False) -> dict:  # fmt: skip
+def make_batch(
+    processor, seeds: list[int], turns: int, short_share: float, rng: random.Random, weights,
+    narrow_share: float = 0.0, distinct: bool = False,
+) -> dict:  # fmt: skip
     images, texts = [], []
     for seed in seeds:
         image, messages = conversation(seed, turns, short_share, rng, weights, narrow_share, distinct)

@@ -168,7 +168,7 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _name(o: SceneObject, objects: list[SceneObject]) -> str | None:
+def unique_name(o: SceneObject, objects: list[SceneObject]) -> str | None:
     """The shortest unambiguous name of `o` among `objects` ("red star", "small red star"), or None."""
     if sum((p.color, p.shape) == (o.color, o.shape) for p in objects) == 1:
         return f"{o.color} {o.shape}"
@@ -279,7 +279,7 @@ def relation_holds(a: SceneObject, b: SceneObject, relation: str) -> bool | None
 
 
 def _spatial(objects, rng: random.Random) -> Question | None:
-    named = [(o, n) for o in objects if (n := _name(o, objects))]
+    named = [(o, n) for o in objects if (n := unique_name(o, objects))]
     options = [(a, na, b, nb, rel) for a, na in named for b, nb in named if a is not b for rel in RELATIONS
                if relation_holds(a, b, rel) is not None]  # fmt: skip
     if not options:
