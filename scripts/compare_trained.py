@@ -36,11 +36,16 @@ from tokentrim_cli import assembly, scenes  # noqa: E402
 PROBE_SEED = 960_000  # past the held-out questions (HOLDOUT_SEED, 900,000 up), below the training pictures
 
 
+# Which column of the probe's report a question counts in.
+PROBE_COLUMNS = {"left": "position_left_right", "right": "position_left_right",
+                 "top": "position_top_bottom", "bottom": "position_top_bottom"}  # fmt: skip
+
+
 def position_questions(count: int) -> list[tuple[int, scenes.Question]]:
     out = []
     for i in range(count):
         seed = PROBE_SEED + i
-        _, objects = scenes.scene(seed)
+        objects = scenes.place_objects(random.Random(seed))  # the objects of scenes.scene(seed)
         rng = random.Random(f"position-{seed}")
         for question in (training.position_question(objects, rng), scenes.make_question("spatial", objects, rng)):
             if question is not None:
@@ -48,25 +53,17 @@ def position_questions(count: int) -> list[tuple[int, scenes.Question]]:
     return out
 
 
-@torch.no_grad()
 def position_scores(model, processor, questions) -> dict:
-    from tokentrim_cli.inputs import chat_messages
-
     model.eval()
     right: dict[str, list[bool]] = {"position_left_right": [], "position_top_bottom": [], "spatial": []}
+    pictures: dict[int, object] = {}  # a picture has two questions: drawn once
     for seed, question in questions:
-        image, _ = scenes.scene(seed)
-        text = processor.apply_chat_template(chat_messages(question.prompt, n_images=1), add_generation_prompt=True)
-        batch = processor(images=[image], text=[text], return_tensors="pt")
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model.generate(**batch, max_new_tokens=4, do_sample=False)
-        answer = processor.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        if question.type == "spatial":
-            kind = "spatial"
-        else:
-            kind = "position_left_right" if question.answer in ("left", "right") else "position_top_bottom"
-        right[kind].append(scenes.normalize_short(answer) == question.answer)
-    return {f"probe_{kind}": f"{sum(v)}/{len(v)}" for kind, v in right.items()}
+        if seed not in pictures:
+            pictures[seed] = scenes.scene(seed)[0]
+        answer = training.greedy_answer(model, processor, pictures[seed], question.prompt, max_new_tokens=4)
+        column = "spatial" if question.type == "spatial" else PROBE_COLUMNS[question.answer]
+        right[column].append(scenes.normalize_short(answer) == question.answer)
+    return {f"probe_{column}": f"{sum(v)}/{len(v)}" for column, v in right.items()}
 
 
 def main() -> None:
@@ -78,6 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     questions = training.holdout_questions(args.questions)
+    probe = position_questions(args.position)
     model, processor = assembly.build_base(lambda message: None, seed=0)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -93,7 +91,7 @@ def main() -> None:
         training.load_trained(model, folder)
         scores = training.holdout_check(model, processor, questions) if questions else {}
         if args.position:
-            scores |= position_scores(model, processor, position_questions(args.position))
+            scores |= position_scores(model, processor, probe)
         print(json.dumps({"folder": str(folder), "questions": args.questions, **scores,
                           "minutes": round((time.time() - started) / 60, 1)}), flush=True)  # fmt: skip
 

@@ -207,19 +207,25 @@ def holdout_questions(count: int) -> list[tuple[int, scenes.Question]]:
 
 
 @torch.no_grad()
-def holdout_check(model, processor, questions) -> dict:
-    """Greedy answers: exact match per short-answer type, recall for describe."""
+def greedy_answer(model, processor, image, prompt: str, max_new_tokens: int) -> str:
+    """The model's greedy answer (bf16 autocast) to one question about one picture."""
     from tokentrim_cli.inputs import chat_messages
 
+    text = processor.apply_chat_template(chat_messages(prompt, n_images=1), add_generation_prompt=True)
+    batch = processor(images=[image], text=[text], return_tensors="pt")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def holdout_check(model, processor, questions) -> dict:
+    """Greedy answers: exact match per short-answer type, recall for describe."""
     model.eval()
     scores: dict[str, list[float]] = {}
     for seed, question in questions:
         image, objects = scenes.scene(seed)
-        text = processor.apply_chat_template(chat_messages(question.prompt, n_images=1), add_generation_prompt=True)
-        batch = processor(images=[image], text=[text], return_tensors="pt")
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model.generate(**batch, max_new_tokens=60 if question.type == "describe" else 6, do_sample=False)
-        answer = processor.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        answer = greedy_answer(model, processor, image, question.prompt, 60 if question.type == "describe" else 6)
         if question.type == "describe":
             value = scenes.describe_scores(answer, objects)[0]
         else:
