@@ -2,11 +2,13 @@
 the logs of the runs that produced its weights (scripts/train_scenes_model.py --log FILE).
 
     python scripts/record_training.py run1.log [run2.log ...] --date 2026-12-01 \
-        --output tokentrim_cli/scenes_model/training.json
+        --not-adopted run8.log ... --output tokentrim_cli/scenes_model/training.json
 
 Every log becomes one entry, oldest first: the command line rebuilt from its logged arguments,
 the start and end times, wall minutes, the loss and held-out scores at each logged step, and where it
 stopped. The versions are this environment's (run the script in the environment that trained).
+`--not-adopted` logs are runs whose weights were compared on held-out pictures and not shipped:
+recorded apart ("not_adopted"), outside the shipped weights' runs and minutes.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ def command(arguments: dict) -> str:
     """The command line that reproduces a run from its logged arguments."""
     parts = ["python", "scripts/train_scenes_model.py"]
     for key, value in arguments.items():
-        if value == "None" or key == "log":
+        if value in ("None", "False") or key == "log":
+            continue
+        if value == "True":  # a flag (--distinct)
+            parts.append(f"--{key.replace('_', '-')}")
             continue
         if value.startswith("{"):  # --type-weights, logged as a dict: back to its command-line form
             value = ",".join(f"{kind}={weight:g}" for kind, weight in ast.literal_eval(value).items())
@@ -94,9 +99,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("logs", type=Path, nargs="+")
     parser.add_argument("--date", required=True, help="the day the runs started (YYYY-MM-DD)")
+    parser.add_argument("--not-adopted", type=Path, nargs="*", default=[], help="logs of runs whose weights were not shipped")
     parser.add_argument("--output", type=Path, default=Path("tokentrim_cli/scenes_model/training.json"))
     args = parser.parse_args()
-    runs = [parse(log) | {"date": args.date} for log in args.logs]
+    def entries(logs: list[Path]) -> list[dict]:
+        return [parse(log) | {"date": args.date} for log in logs]
+
+    runs = entries(args.logs)
     document = {
         "model": "builtin:scenes",
         "script": "scripts/train_scenes_model.py",
@@ -105,6 +114,10 @@ def main() -> None:
         "versions": versions(),
         "note": "Runs are listed oldest first; a run with --init continued from the previous one's weights.",
     }
+    if args.not_adopted:
+        document["not_adopted"] = entries(args.not_adopted)
+        document["not_adopted_note"] = ("Runs compared on held-out pictures (scripts/compare_trained.py) and not "
+                                        "shipped; their weights are not in the package. See the model card.")  # fmt: skip
     args.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.output} ({len(runs)} runs, {document['total_minutes']:.0f} minutes)", file=sys.stderr)
 

@@ -102,6 +102,13 @@ def test_the_training_record_is_rebuilt_from_a_log(tmp_path):
     assert run["stopped"].startswith("time budget")
 
 
+def test_a_logged_flag_becomes_a_flag_in_the_rebuilt_command():
+    record = pytest.importorskip("record_training")
+    logged = {"out": "runs/b", "distinct": "True", "init": "None", "type_weights": "{'spatial': 10.0, 'position': 6.0}"}
+    assert record.command(logged) == "python scripts/train_scenes_model.py --out runs/b --distinct --type-weights spatial=10,position=6"
+    assert "--distinct" not in record.command({"out": "runs/b", "distinct": "False"})
+
+
 def test_training_labels_cover_the_answers_only():
     from tokentrim_cli import assembly
 
