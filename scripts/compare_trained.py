@@ -11,9 +11,11 @@ evaluation set, so that choosing the shipped weights is not tuning on it.
 
 `--position N` also asks, on N more held-out pictures (from PROBE_SEED), the training-only
 position question (train_scenes_model.position_question: is one named object on the left or right,
-at the top or bottom) and a spatial question, and reports the accuracy of each: whether the weights
-can tell where one object is, and whether they can compare two (20 spatial questions in the rule's
-140 move by 5 points per answer). It is a diagnostic, not part of the rule.
+at the top or bottom), a spatial question and the training-only comparison
+(train_scenes_model.compare_question: which of two named objects is further left, right, up or
+down), and reports the accuracy of each: whether the weights can tell where one object is, whether
+they can compare two when asked for the object, and when asked yes or no (20 spatial questions in
+the rule's 140 move by 5 points per answer). It is a diagnostic, not part of the rule.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ def position_questions(count: int) -> list[tuple[int, scenes.Question]]:
         seed = PROBE_SEED + i
         objects = scenes.place_objects(random.Random(seed))  # the objects of scenes.scene(seed)
         rng = random.Random(f"position-{seed}")
-        for question in (training.position_question(objects, rng), scenes.make_question("spatial", objects, rng)):
+        # The comparison is drawn last, so the first two questions are those the probe asked before it had one.
+        drawn = [training.position_question(objects, rng), scenes.make_question("spatial", objects, rng)]
+        drawn.append(training.compare_question(objects, rng))
+        for question in drawn:
             if question is not None:
                 out.append((seed, question))
     return out
@@ -55,13 +60,13 @@ def position_questions(count: int) -> list[tuple[int, scenes.Question]]:
 
 def position_scores(model, processor, questions) -> dict:
     model.eval()
-    right: dict[str, list[bool]] = {"position_left_right": [], "position_top_bottom": [], "spatial": []}
+    right: dict[str, list[bool]] = {"position_left_right": [], "position_top_bottom": [], "spatial": [], "compare": []}
     pictures: dict[int, object] = {}  # a picture has two questions: drawn once
     for seed, question in questions:
         if seed not in pictures:
             pictures[seed] = scenes.scene(seed)[0]
-        answer = training.greedy_answer(model, processor, pictures[seed], question.prompt, max_new_tokens=4)
-        column = "spatial" if question.type == "spatial" else PROBE_COLUMNS[question.answer]
+        answer = training.greedy_answer(model, processor, pictures[seed], question.prompt, max_new_tokens=6)
+        column = question.type if question.type in ("spatial", "compare") else PROBE_COLUMNS[question.answer]
         right[column].append(scenes.normalize_short(answer) == question.answer)
     return {f"probe_{column}": f"{sum(v)}/{len(v)}" for column, v in right.items()}
 

@@ -25,7 +25,8 @@ below uses its own seeds. `--narrow-share` draws that share of the training pict
 colours and 2-3 shapes (`training_scene`), so that counts past one are common. `--type-weights
 position=N` adds a training-only question, where one named object lies in the picture
 (`position_question`), and `--distinct` asks no question twice in a sequence (run 9, aimed at the
-spatial questions).
+spatial questions); `compare=N` another, which of two named objects is further left, right, up or
+down, answered with the object (`compare_question`, run 11).
 
 The shipped weights (tokentrim_cli/scenes_model/: projector.safetensors, adapter.safetensors,
 adapter.json) are written at every checkpoint, so a run can stop at any time. The runs that produced
@@ -54,9 +55,10 @@ from tokentrim_cli import assembly, scenes  # noqa: E402
 HOLDOUT_SEED = 900_000  # held-out pictures for monitoring: neither training, evaluation nor calibration
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Question types per turn (`--type-weights` overrides): describe is long, so it comes less often per turn.
-# `position` is a training-only question (position_question below), off unless given a weight.
+# `position` and `compare` are training-only questions (position_question, compare_question below),
+# off unless given a weight, so the committed runs' draws replay unchanged.
 TYPE_WEIGHTS = {"count_color": 3, "count_shape": 3, "color": 3, "shape": 3, "exist": 3, "spatial": 4, "describe": 1,
-                "position": 0}  # fmt: skip
+                "position": 0, "compare": 0}  # fmt: skip
 
 
 def parse_type_weights(text: str) -> dict[str, float]:
@@ -108,6 +110,32 @@ def position_question(objects, rng: random.Random) -> scenes.Question | None:
     return scenes.Question("position", f"Is the {name} {words}?", answer, f"The {name} is {where} of the picture.")
 
 
+COMPARE_WORDS = {"left": "further left", "right": "further right", "above": "higher", "below": "lower"}
+
+
+def compare_question(objects, rng: random.Random) -> scenes.Question | None:
+    """"Which is further left, the red star or the blue cross?" -> "red star": of two named objects,
+    the one further in a direction. Not an evaluation type: the shipped model names objects left to
+    right when it describes a picture (98.5% of pairs in order on the evaluation set, by
+    benchmarks/spatial_diagnosis.py) yet answers "Is the red star to the left of the blue cross?" at
+    chance; this question asks for the spatial question's comparison with the object itself as the
+    answer, as describing does. Pairs are those the spatial question could ask about (both uniquely
+    named, centres at least RELATION_GAP apart along the axis), named in a random order."""
+    named = [(o, n) for o in objects if (n := scenes.unique_name(o, objects))]
+    pairs = [(a, na, b, nb, rel) for a, na in named for b, nb in named if a is not b for rel in COMPARE_WORDS
+             if scenes.relation_holds(a, b, rel)]  # fmt: skip
+    if not pairs:
+        return None
+    a, na, b, nb, rel = rng.choice(pairs)  # a is `rel` of b
+    first, second = (na, nb) if rng.random() < 0.5 else (nb, na)
+    words = COMPARE_WORDS[rel]
+    return scenes.Question("compare", f"Which is {words}, the {first} or the {second}?", na,
+                           f"The {na} is {words} than the {nb}.")  # fmt: skip
+
+
+TRAINING_ONLY = {"position": position_question, "compare": compare_question}
+
+
 def conversation(
     seed: int, turns: int, short_share: float, rng: random.Random, weights: dict[str, float],
     narrow_share: float = 0.0, distinct: bool = False,
@@ -124,7 +152,7 @@ def conversation(
         tries = 0
         while question is None:
             kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
-            question = position_question(objects, rng) if kind == "position" else scenes.make_question(kind, objects, rng)
+            question = TRAINING_ONLY[kind](objects, rng) if kind in TRAINING_ONLY else scenes.make_question(kind, objects, rng)
             tries += 1
             if distinct and question is not None and question.text in asked and tries < 20:
                 question = None

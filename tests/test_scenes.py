@@ -152,3 +152,40 @@ def test_the_evaluation_and_calibration_sets_are_the_measured_ones():
 
     assert digest(scenes.evaluation_questions()) == "08cd4417abe43d3450bccb80a14e97c2758e45183405d8cb356f5e1313199683"
     assert digest(scenes.calibration_samples()) == "3145766cb5f50730dc77365768425bfdb0f94bae1a4edff4fb333c807f624001"
+
+
+def test_the_spatial_diagnosis_counts_order_and_answers_by_hand():
+    """benchmarks/spatial_diagnosis.py on hand-made predictions: a description naming the objects
+    in the order of their centres, the same reversed, and every spatial question answered "yes"."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "spatial_diagnosis.py"
+    spec = importlib.util.spec_from_file_location("spatial_diagnosis", path)
+    diagnosis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnosis)
+
+    samples = scenes.evaluation_questions()
+    index = next(i for i, s in enumerate(samples) if s.question.type == "describe")
+    objects = scenes.place_objects(random.Random(samples[index].seed))
+    unique = [o for o in objects if sum((p.color, p.shape) == (o.color, o.shape) for p in objects) == 1]
+    xs = sorted(o.x for o in unique)
+    apart = sum(abs(a - b) >= scenes.RELATION_GAP for i, a in enumerate(xs) for b in xs[i + 1 :])
+    assert apart >= 3  # the picture has something to count
+    left_to_right = ", ".join(f"a {o.size} {o.color} {o.shape}" for o in sorted(unique, key=lambda o: o.x))
+    right_to_left = ", ".join(f"a {o.size} {o.color} {o.shape}" for o in sorted(unique, key=lambda o: -o.x))
+    assert diagnosis.order_counts(left_to_right, objects) == (apart, 0)
+    assert diagnosis.order_counts(right_to_left.upper(), objects) == (0, apart)
+    assert diagnosis.order_counts("Nothing I can name.", objects) == (0, 0)
+
+    spatial = [i for i, s in enumerate(samples) if s.question.type == "spatial"][:40]
+    ids = [f"{samples[i].seed - scenes.EVAL_SEED}-{i}" for i in [index] + spatial]
+    profile = {"ids": ids, "predictions": [left_to_right] + ["Yes"] * len(spatial)}
+    found = diagnosis.diagnose(profile, samples)
+    assert found["describe_order"] == (apart, 0)
+    for relation, (right, asked, said_yes) in found["spatial"].items():
+        words = scenes.RELATIONS[relation][0]
+        mine = [samples[i].question for i in spatial if f" {words} " in samples[i].question.text]
+        assert asked == said_yes == len(mine)
+        assert right == sum(q.answer == "yes" for q in mine)
+    assert sum(asked for _, asked, _ in found["spatial"].values()) == len(spatial)

@@ -217,6 +217,40 @@ def test_position_questions_have_the_right_answers():
     assert min(asked[a] for a in ("left", "right", "top", "bottom")) >= 15  # all four answers are asked
 
 
+def test_compare_questions_name_the_object_further_in_that_direction():
+    """The training-only comparison, checked from the object list: both named objects are found by
+    their words, and the answer is the one whose centre lies further in the asked direction (image
+    y grows downwards), by at least RELATION_GAP."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    def find(name, objects):
+        matches = [o for o in objects if o.phrase.split()[-len(name.split()) :] == name.split()]
+        assert len(matches) == 1, name
+        return matches[0]
+
+    direction = {"further left": ("x", -1), "further right": ("x", 1), "higher": ("y", -1), "lower": ("y", 1)}
+    rng = random.Random(5)
+    asked, answer_named_first = Counter(), Counter()
+    for seed in range(150):
+        _, objects = scenes.scene(scenes.TRAIN_SEED + seed)
+        question = train_scenes.compare_question(objects, rng)
+        if question is None:
+            continue
+        words, _, names = question.text.rstrip("?").removeprefix("Which is ").partition(", the ")
+        first, second = names.split(" or the ")
+        axis, sign = direction[words]
+        a, b = find(first, objects), find(second, objects)
+        delta = (getattr(a, axis) - getattr(b, axis)) * sign
+        assert abs(delta) >= scenes.RELATION_GAP, question.text  # never a borderline pair
+        assert question.answer == (first if delta > 0 else second), question.text
+        assert question.sentence.startswith(f"The {question.answer} is {words} than the ")
+        asked[words] += 1
+        answer_named_first[question.answer == first] += 1
+    assert min(asked.values()) >= 20 and len(asked) == 4  # every direction is asked
+    assert min(answer_named_first[True], answer_named_first[False]) >= 40  # the answer is not always named first
+
+
 def test_distinct_sequences_ask_no_question_twice_and_old_mixes_replay():
     train_scenes = pytest.importorskip("train_scenes_model")
 
@@ -225,8 +259,8 @@ def test_distinct_sequences_ask_no_question_twice_and_old_mixes_replay():
         _, messages = train_scenes.conversation(seed, 14, 0.6, random.Random(seed), weights, 0.3, distinct=True)
         prompts = [m["content"][-1]["text"].split("\n")[0] for m in messages if m["role"] == "user"]
         assert len(prompts) == 14 and len(set(prompts)) == 14
-    # `position` is in TYPE_WEIGHTS with weight 0 by default: the committed runs' draws do not move.
-    old = {k: v for k, v in train_scenes.TYPE_WEIGHTS.items() if k != "position"}
+    # `position` and `compare` are in TYPE_WEIGHTS with weight 0 by default: the committed runs' draws do not move.
+    old = {k: v for k, v in train_scenes.TYPE_WEIGHTS.items() if k not in ("position", "compare")}
     _, with_position = train_scenes.conversation(5, 8, 0.7, random.Random(1), dict(train_scenes.TYPE_WEIGHTS), 0.3)
     _, without = train_scenes.conversation(5, 8, 0.7, random.Random(1), old, 0.3)
     assert with_position == without
@@ -239,7 +273,7 @@ def test_the_position_probe_draws_fixed_questions_off_every_other_seed_space():
 
     first, again = compare.position_questions(12), compare.position_questions(12)
     assert [(s, q.text, q.answer) for s, q in first] == [(s, q.text, q.answer) for s, q in again]
-    assert {q.type for _, q in first} == {"position", "spatial"}
+    assert {q.type for _, q in first} == {"position", "spatial", "compare"}
     # not the evaluation, calibration, training, alignment or held-out (140 questions) pictures
     for seed, _ in first:
         assert scenes.EVAL_SEED + scenes.EVAL_PICTURES <= seed and scenes.CALIBRATION_SEED + 100 <= seed < scenes.TRAIN_SEED
