@@ -26,6 +26,7 @@ STEP = re.compile(r"^step (\d+)/(\d+) loss ([\d.]+) lr ([\d.e+-]+) ([\d.]+) min$
 HELD_OUT = re.compile(r"^held-out after step (\d+): (\{.*\})$")
 ALIGNMENT_HELD_OUT = re.compile(r"^held-out after stage 0: (\{.*\})$")
 STAGE = re.compile(r"^stage (\d): (.*), (\d+) steps$")
+BUDGET = re.compile(r"^time budget of [\d.]+ min reached at step (\d+)$")  # that many steps were done
 
 
 def command(arguments: dict) -> str:
@@ -68,11 +69,13 @@ def parse(log: Path) -> dict:
         elif (m := HELD_OUT.match(message)) and stage is not None:
             stage["held_out"].append({"step": int(m.group(1)), **json.loads(m.group(2))})
         elif message.startswith(("time budget", "done in")):
-            stopped = message
+            stopped = f"{stopped}; {message}" if stopped else message
+            if (m := BUDGET.match(message)) and stage is not None:
+                stage["steps_done"] = int(m.group(1))  # the log's last step line can be up to --log-every behind
     if arguments is None:
         raise SystemExit(f"{log}: no 'arguments:' line (not a train_scenes_model.py log)")
     for stage in stages:
-        stage["steps_done"] = stage["log"][-1]["step"] if stage["log"] else 0
+        stage.setdefault("steps_done", stage["log"][-1]["step"] if stage["log"] else 0)
     return {"log": log.name, "command": command(arguments), "arguments": arguments, "started": first, "ended": last,
             "minutes": round(_minutes(first, last), 1), "stopped": stopped, "alignment": alignment, "stages": stages}  # fmt: skip
 

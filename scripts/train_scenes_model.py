@@ -115,9 +115,9 @@ COMPARE_WORDS = {"left": "further left", "right": "further right", "above": "hig
 
 def compare_question(objects, rng: random.Random) -> scenes.Question | None:
     """"Which is further left, the red star or the blue cross?" -> "red star": of two named objects,
-    the one further in a direction. Not an evaluation type: the shipped model names objects left to
-    right when it describes a picture (98.5% of pairs in order on the evaluation set, by
-    benchmarks/spatial_diagnosis.py) yet answers "Is the red star to the left of the blue cross?" at
+    the one further in a direction. Not an evaluation type: run7's weights name objects left to
+    right when they describe a picture (98.5% of pairs in order on the evaluation set, by
+    benchmarks/spatial_diagnosis.py) yet answer "Is the red star to the left of the blue cross?" at
     chance; this question asks for the spatial question's comparison with the object itself as the
     answer, as describing does. Pairs are those the spatial question could ask about (both uniquely
     named, centres at least RELATION_GAP apart along the axis), named in a random order."""

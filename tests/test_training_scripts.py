@@ -92,14 +92,16 @@ def test_the_training_record_is_rebuilt_from_a_log(tmp_path):
         '[23:56:00] held-out after step 2: {"color": 0.5, "short": 0.25}\n'
         "[23:56:01] stage 2: projector + LoRA (5,438,592 parameters), 4 steps\n"
         "[00:05:00] step 2/4 loss 0.5000 lr 3.00e-04 15.0 min\n"
-        "[00:10:00] time budget of 20.0 min reached at step 2\n"
+        "[00:10:00] time budget of 20.0 min reached at step 3\n"
+        "[00:10:00] done in 20.0 min; next --seed-offset 24\n"
     )
     run = record.parse(log)
     assert run["command"] == "python scripts/train_scenes_model.py --out runs/a --projector-steps 2 --lora-steps 4 --seed 0"
     assert run["minutes"] == 20.0  # across midnight
-    assert [s["steps_done"] for s in run["stages"]] == [2, 2] and run["stages"][1]["steps_planned"] == 4
+    # stage 2 did 3 steps: the time budget's line says so; its last logged step is 2
+    assert [s["steps_done"] for s in run["stages"]] == [2, 3] and run["stages"][1]["steps_planned"] == 4
     assert run["stages"][0]["held_out"] == [{"step": 2, "color": 0.5, "short": 0.25}]
-    assert run["stopped"].startswith("time budget")
+    assert run["stopped"] == "time budget of 20.0 min reached at step 3; done in 20.0 min; next --seed-offset 24"
 
 
 def test_a_logged_flag_becomes_a_flag_in_the_rebuilt_command():
