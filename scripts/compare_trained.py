@@ -61,7 +61,7 @@ def position_questions(count: int) -> list[tuple[int, scenes.Question]]:
 def position_scores(model, processor, questions) -> dict:
     model.eval()
     right: dict[str, list[bool]] = {"position_left_right": [], "position_top_bottom": [], "spatial": [], "compare": []}
-    pictures: dict[int, object] = {}  # a picture has two questions: drawn once
+    pictures: dict[int, object] = {}  # a picture has up to three questions: drawn once
     for seed, question in questions:
         if seed not in pictures:
             pictures[seed] = scenes.scene(seed)[0]
