@@ -32,7 +32,7 @@ def order_counts(description: str, objects: list[scenes.SceneObject]) -> tuple[i
     text = description.lower()
     named = []  # (where in the text, centre x)
     for o in objects:
-        if sum((p.color, p.shape) == (o.color, o.shape) for p in objects) != 1:
+        if scenes.unique_name(o, objects) != f"{o.color} {o.shape}":
             continue  # a repeated colour and shape: which one was meant is unknowable
         found = re.search(rf"\b{o.color} {o.shape}s?\b", text)
         if found:

@@ -50,8 +50,8 @@ def position_questions(count: int) -> list[tuple[int, scenes.Question]]:
         objects = scenes.place_objects(random.Random(seed))  # the objects of scenes.scene(seed)
         rng = random.Random(f"position-{seed}")
         # The comparison is drawn last, so the first two questions are those the probe asked before it had one.
-        drawn = [training.position_question(objects, rng), scenes.make_question("spatial", objects, rng)]
-        drawn.append(training.compare_question(objects, rng))
+        drawn = (training.position_question(objects, rng), scenes.make_question("spatial", objects, rng),
+                 training.compare_question(objects, rng))  # fmt: skip
         for question in drawn:
             if question is not None:
                 out.append((seed, question))

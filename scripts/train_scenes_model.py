@@ -100,8 +100,8 @@ def position_question(objects, rng: random.Random) -> scenes.Question | None:
     axis = rng.choice(tuple(POSITION_AXES))
     low, high, words = POSITION_AXES[axis]
     middle = scenes.SIZE / 2
-    named = [(o, n) for o in objects if (n := scenes.unique_name(o, objects))
-             and abs((o.x if axis == "x" else o.y) - middle) >= scenes.RELATION_GAP]  # fmt: skip
+    named = [(o, n) for o, n in scenes.named_objects(objects)
+             if abs((o.x if axis == "x" else o.y) - middle) >= scenes.RELATION_GAP]  # fmt: skip
     if not named:
         return None
     o, name = rng.choice(named)
@@ -121,7 +121,7 @@ def compare_question(objects, rng: random.Random) -> scenes.Question | None:
     chance; this question asks for the spatial question's comparison with the object itself as the
     answer, as describing does. Pairs are those the spatial question could ask about (both uniquely
     named, centres at least RELATION_GAP apart along the axis), named in a random order."""
-    named = [(o, n) for o in objects if (n := scenes.unique_name(o, objects))]
+    named = scenes.named_objects(objects)
     pairs = [(a, na, b, nb, rel) for a, na in named for b, nb in named if a is not b for rel in COMPARE_WORDS
              if scenes.relation_holds(a, b, rel)]  # fmt: skip
     if not pairs:

@@ -177,6 +177,11 @@ def unique_name(o: SceneObject, objects: list[SceneObject]) -> str | None:
     return None
 
 
+def named_objects(objects: list[SceneObject]) -> list[tuple[SceneObject, str]]:
+    """(object, unique_name) for every object that has a unique name: those a question can name."""
+    return [(o, name) for o in objects if (name := unique_name(o, objects))]
+
+
 def describe(objects: list[SceneObject]) -> str:
     """Every object, left to right: "There are 3 objects: a small red star, a large blue circle and
     a small white cross." """
@@ -279,7 +284,7 @@ def relation_holds(a: SceneObject, b: SceneObject, relation: str) -> bool | None
 
 
 def _spatial(objects, rng: random.Random) -> Question | None:
-    named = [(o, n) for o in objects if (n := unique_name(o, objects))]
+    named = named_objects(objects)
     options = [(a, na, b, nb, rel) for a, na in named for b, nb in named if a is not b for rel in RELATIONS
                if relation_holds(a, b, rel) is not None]  # fmt: skip
     if not options:
