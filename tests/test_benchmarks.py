@@ -274,10 +274,17 @@ def test_two_processes_equal_one(tmp_path):
 
 LEAVE_SCRIPT = """
 import os
+import time
 from tokentrim_cli.distributed import Shard, _leave_process_group
 
-def threads():
-    return len(os.listdir("/proc/self/task"))
+def gloo_threads():
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            names.append(open(f"/proc/self/task/{task}/comm").read())
+        except OSError:  # ended while listed
+            pass
+    return sum("gloo" in name for name in names)  # gloo_tcp_loop, pt_gloo_runloop
 
 shard = Shard.from_environment()
 from transformers import LlavaForConditionalGeneration  # its imports bind torch.distributed.nn's defaults
@@ -285,10 +292,15 @@ import torch.distributed as dist
 
 gathered = [None] * shard.world
 dist.all_gather_object(gathered, {"rank": shard.rank})
-during = threads()
+during = gloo_threads()
 _leave_process_group()
+# A thread on its way out may still be listed for a moment under load; one the group still holds
+# stays for good (the bug this guards against), so a short wait cannot hide it.
+deadline = time.monotonic() + 2.0
+while gloo_threads() and time.monotonic() < deadline:
+    time.sleep(0.05)
 with open(f"threads-{shard.rank}.txt", "w") as out:  # not stdout: the two processes' lines interleave
-    out.write(f"{during} {threads()}")
+    out.write(f"{during} {gloo_threads()}")
 """
 
 
@@ -296,7 +308,10 @@ with open(f"threads-{shard.rank}.txt", "w") as out:  # not stdout: the two proce
 def test_leaving_the_process_group_joins_its_threads(tmp_path):
     """Each process destroys its group before the interpreter finalises, and that really stops gloo's
     threads: left alive, one of them can take the GIL during finalisation and abort the process
-    (SIGABRT after every result was written: the two-process tests failed about one run in ten)."""
+    (SIGABRT after every result was written: the two-process tests failed about one run in ten).
+    Gloo's threads are told apart by name (its loop thread and workers); counting every thread of
+    the process failed under the full suite's load (a thread of another origin, or one not yet
+    started, moved the count)."""
     script = tmp_path / "leave.py"
     script.write_text(LEAVE_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -305,7 +320,7 @@ def test_leaving_the_process_group_joins_its_threads(tmp_path):
     assert launched.returncode == 0, launched.stderr[-2000:]
     for rank in range(2):
         during, after = map(int, (tmp_path / f"threads-{rank}.txt").read_text().split())
-        assert after <= during - 3, (during, after)  # gloo's loop thread and its two workers are gone
+        assert during >= 1 and after == 0, (during, after)  # gloo had threads, and none is left
 
 
 # ---- a model spread over devices (accelerate device_map, with layers offloaded to disk) -------------------

@@ -189,3 +189,121 @@ def test_the_spatial_diagnosis_counts_order_and_answers_by_hand():
         assert asked == said_yes == len(mine)
         assert right == sum(q.answer == "yes" for q in mine)
     assert sum(asked for _, asked, _ in found["spatial"].values()) == len(spatial)
+
+
+def _benchmark_module(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sample_id(samples, index: int) -> str:
+    return f"{samples[index].seed - scenes.EVAL_SEED}-{index}"
+
+
+def test_the_size_diagnosis_finds_the_asked_object_and_splits_by_size():
+    """benchmarks/size_diagnosis.py: the object a colour or shape question names, found here from
+    the answer and the question's words instead of the naming rules; hand-made predictions right on
+    small objects only, descriptions naming the large objects only, every count answered "1"."""
+    diagnosis = _benchmark_module("size_diagnosis")
+    samples = scenes.evaluation_questions()
+    named = [i for i, s in enumerate(samples) if s.question.type in ("color", "shape")][:120]
+    sizes = {}
+    for i in named:
+        question, objects = samples[i].question, diagnosis.picture_objects(samples[i])
+        words = set(question.text.rstrip("?").split())
+        if question.type == "color":  # the answer is its colour, the question names its shape
+            fits = [o for o in objects if o.color == question.answer and o.shape in words]
+        else:  # the answer is its shape, the question names its colour
+            fits = [o for o in objects if o.shape == question.answer and o.color in words]
+        fits = [o for o in fits if o.size in words] if len(fits) > 1 else fits
+        assert len(fits) == 1, question.text
+        assert diagnosis.asked_object(question, objects) == fits[0]
+        sizes[i] = fits[0].size
+    assert set(sizes.values()) == {"small", "large"}
+
+    exist = [i for i, s in enumerate(samples) if s.question.type == "exist"][:60]
+    cases = {}
+    for i in exist:  # "Is there a red star?": the answer and the sizes of the red stars, found here
+        question, objects = samples[i].question, diagnosis.picture_objects(samples[i])
+        matches = [o for o in objects if f" {o.color} {o.shape}?" in question.text]
+        assert (question.answer == "yes") == bool(matches)
+        cases[i] = max((o.size for o in matches), key=["small", "large"].index) if matches else "absent"
+    assert set(cases.values()) == {"small", "large", "absent"}
+
+    describe = [i for i, s in enumerate(samples) if s.question.type == "describe"][:30]
+    counts = [i for i, s in enumerate(samples) if s.question.type.startswith("count")][:200]
+    large_only = {}
+    for i in describe:
+        objects = diagnosis.picture_objects(samples[i])
+        large_only[i] = scenes.describe([o for o in objects if o.size == "large"] or objects[:1])
+    predictions = {i: samples[i].question.answer if sizes[i] == "small" else "no idea" for i in named}
+    predictions |= large_only | {i: "One." for i in counts} | {i: "Yes." for i in exist}
+    ids = list(predictions)
+    found = diagnosis.diagnose({"ids": [_sample_id(samples, i) for i in ids], "predictions": [predictions[i] for i in ids]}, samples)
+
+    for kind in ("color", "shape"):
+        small = sum(sizes[i] == "small" and samples[i].question.type == kind for i in named)
+        large = sum(sizes[i] == "large" and samples[i].question.type == kind for i in named)
+        assert found["named"][(kind, "small")] == [small, small]
+        assert found["named"][(kind, "large")] == [0, large]
+    for case in ("small", "large", "absent"):
+        asked = sum(c == case for c in cases.values())
+        assert found["named"][("exist", case)] == [0 if case == "absent" else asked, asked]
+    unique = {"small": 0, "large": 0}
+    for i in describe:
+        objects = diagnosis.picture_objects(samples[i])
+        for o in objects:
+            unique[o.size] += sum((p.color, p.shape) == (o.color, o.shape) for p in objects) == 1
+    large_found = found["describe"]["large"][0]
+    assert found["describe"]["large"][1] == unique["large"] and found["describe"]["small"][1] == unique["small"]
+    assert large_found == unique["large"]
+    stand_ins = [diagnosis.picture_objects(samples[i]) for i in describe]  # pictures without a large object
+    stand_ins = [objects for objects in stand_ins if all(o.size == "small" for o in objects)]
+    assert found["describe"]["small"][0] == sum(
+        sum((p.color, p.shape) == (objects[0].color, objects[0].shape) for p in objects) == 1 for objects in stand_ins
+    )
+
+    for (kind, truth), (right, asked) in found["count"].items():
+        assert right == (asked if truth == 1 else 0)
+        assert asked == sum(samples[i].question.type == kind and samples[i].question.answer == str(truth) for i in counts)
+    # a description of the large objects alone counts right exactly when no small object is counted
+    described = {samples[i].seed: i for i in describe}
+    expected: Counter = Counter()
+    for i in counts:
+        if samples[i].seed in described:
+            question, objects = samples[i].question, diagnosis.picture_objects(samples[i])
+            counted = [o for o in objects if question.text.split()[2] in (o.color, scenes.PLURALS[o.shape])]
+            large = [o for o in objects if o.size == "large"] or objects[:1]
+            description_right = sum(o in large for o in counted) == len(counted)
+            expected[(question.type, description_right, question.answer == "1")] += 1
+    assert found["count_vs_description"] == dict(expected) and expected
+
+
+def test_the_size_diagnosis_probe_pools_an_objects_patches_and_learns():
+    """The probe's feature of an object is the mean over the patches it covers; the probe separates
+    separable classes (and is not handed the answer: shuffled labels stay near chance)."""
+    import torch
+
+    diagnosis = _benchmark_module("size_diagnosis")
+    features = torch.arange(576.0).unsqueeze(1)  # patch p's feature is p
+    centred = scenes.SceneObject("star", "red", "small", 7 + 14 * 7, 7 + 14 * 5, 14)  # on patch (row 5, col 7) alone
+    large = scenes.SceneObject("circle", "blue", "large", 14 * 12, 14 * 12, 30)  # between 4 patch centres, 12 covered
+    means = diagnosis.object_means(features, [centred, large])
+    assert means[0].item() == 5 * 24 + 7
+    covered = [r * 24 + c for r in range(24) for c in range(24) if ((c * 14 + 7 - 168) ** 2 + (r * 14 + 7 - 168) ** 2) ** 0.5 < 22.5]
+    assert len(covered) == 12 and means[1].item() == pytest.approx(sum(covered) / len(covered))
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (400,), generator=generator)
+    centres = torch.randn(4, 16, generator=generator) * 3
+    x = centres[labels] + torch.randn(400, 16, generator=generator)
+    predict = diagnosis.fit_probe(x[:300], labels[:300], 4)
+    assert (predict(x[300:]) == labels[300:]).float().mean() > 0.95
+    shuffled = labels[:300][torch.randperm(300, generator=generator)]
+    assert (diagnosis.fit_probe(x[:300], shuffled, 4)(x[300:]) == labels[300:]).float().mean() < 0.5

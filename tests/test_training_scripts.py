@@ -193,6 +193,35 @@ def test_narrowed_training_scenes_make_counts_past_one_common():
     assert 0.35 < share < 0.65 and half == [train_scenes.training_scene(seed, 0.5)[1] for seed in seeds]
 
 
+def test_small_only_training_scenes():
+    """--small-share: that share of the pictures holds small objects alone, drawn independently of
+    the narrowed share (both can apply); share 0 leaves every picture as the earlier runs drew it."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    seeds = [scenes.TRAIN_SEED + n for n in range(80)]
+
+    def as_runs_5_to_11_drew(seed, share):  # the narrowed draw of the recorded runs, written out here
+        choose = random.Random(f"narrow-{seed}")
+        if choose.random() >= share:
+            return scenes.place_objects(random.Random(seed))
+        colors = tuple(choose.sample(tuple(scenes.COLORS), choose.randint(2, 3)))
+        return scenes.place_objects(random.Random(seed), tuple(choose.sample(scenes.SHAPES, choose.randint(2, 3))), colors)
+
+    assert [train_scenes.training_scene(seed, 0.3, 0.0)[1] for seed in seeds] == [as_runs_5_to_11_drew(seed, 0.3) for seed in seeds]
+    small = [train_scenes.training_scene(seed, 0.0, 1.0)[1] for seed in seeds]
+    assert all(o.size == "small" and o.radius <= scenes.SIZES["small"] * 1.1 for objects in small for o in objects)
+    assert all(scenes.MIN_OBJECTS <= len(objects) <= scenes.MAX_OBJECTS for objects in small)
+    assert sum(len(objects) for objects in small) / len(small) > 5  # small objects leave room for all of them
+    both = [train_scenes.training_scene(seed, 1.0, 1.0)[1] for seed in seeds]
+    assert all(len({o.color for o in objects}) <= 3 and {o.size for o in objects} == {"small"} for objects in both)
+    half = [train_scenes.training_scene(seed, 0.0, 0.5)[1] for seed in seeds]
+    only_small = [all(o.size == "small" for o in objects) for objects in half]
+    plain = [objects == scenes.place_objects(random.Random(seed)) for objects, seed in zip(half, seeds)]
+    assert 0.3 < sum(only_small) / len(seeds) < 0.7
+    assert all(p or s for p, s in zip(plain, only_small))  # a picture is either unchanged or all small
+
+
 def test_position_questions_have_the_right_answers():
     """The training-only position question, checked from the object list: the named object is found
     by its words and its centre compared with the middle of the picture here, not in the script."""

@@ -103,14 +103,18 @@ def shape_polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float,
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def place_objects(rng: random.Random, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = tuple(COLORS)) -> list[SceneObject]:
-    """3-8 objects with random shape, colour, size and place, never overlapping. `shapes` and
-    `colors` narrow the choice (training draws some scenes from a few of each, so that counts past
-    one are common); the defaults draw the evaluation and calibration sets."""
+def place_objects(
+    rng: random.Random, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = tuple(COLORS),
+    sizes: tuple[str, ...] = tuple(SIZES),
+) -> list[SceneObject]:  # fmt: skip
+    """3-8 objects with random shape, colour, size and place, never overlapping. `shapes`, `colors`
+    and `sizes` narrow the choice (training draws some scenes from a few colours and shapes, so that
+    counts past one are common, and some from small objects alone); the defaults draw the evaluation
+    and calibration sets."""
     count = rng.randint(MIN_OBJECTS, MAX_OBJECTS)
     objects: list[SceneObject] = []
     while len(objects) < count:
-        size = rng.choice(tuple(SIZES))
+        size = rng.choice(sizes)
         radius = SIZES[size] * rng.uniform(0.9, 1.1)
         for _ in range(200):
             x = rng.uniform(radius + MARGIN, SIZE - radius - MARGIN)
@@ -154,10 +158,12 @@ def draw(objects: list[SceneObject], rng: random.Random):
     return Image.fromarray(np.clip(picture, 0, 255).round().astype(np.uint8))
 
 
-def scene(seed: int, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = tuple(COLORS)):
-    """(picture, objects) for one seed (`shapes`, `colors`: as in place_objects)."""
+def scene(
+    seed: int, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = tuple(COLORS), sizes: tuple[str, ...] = tuple(SIZES)
+):  # fmt: skip
+    """(picture, objects) for one seed (`shapes`, `colors`, `sizes`: as in place_objects)."""
     rng = random.Random(seed)
-    objects = place_objects(rng, shapes, colors)
+    objects = place_objects(rng, shapes, colors, sizes)
     return draw(objects, rng), objects
 
 

@@ -1,0 +1,272 @@
+"""Where the short answers fail: the small objects. Readings of one `tokentrim eval --dataset scenes`
+result, and (`--probe N`) of the default model's own visual features.
+
+    python benchmarks/size_diagnosis.py benchmarks/results/eval-scenes-full-cpu.json
+    python benchmarks/size_diagnosis.py benchmarks/results/eval-scenes-full-cpu.json --probe 1500
+
+Scenes draw objects in two sizes (scenes.SIZES): a small one (radius 14 px) covers about 2x2 of the
+tower's 14-px patches, a large one (30 px) about 4x4. From the eval JSON (nothing is run):
+
+- colour and shape questions: accuracy by the size of the object the question names; existence
+  questions by the size of the object asked about when it is there ("large" if any match is) and
+  apart when it is not (a near miss: the colour or the shape of an object there, paired wrongly);
+- "describe the picture": recall of small and of large objects (objects whose colour and shape are
+  unique in their picture, so that a named pair is that object);
+- count questions: accuracy by the true count, and, where the same picture was also described,
+  whether the description names as many objects of that colour (shape) as there are: whether the
+  count fails in the short answer alone or in what the model sees.
+
+`--probe N` then asks where a small object's colour and shape get lost. It fits linear probes
+(multinomial logistic regression on each object's mean feature over the patches it covers, the
+patches the training script's stage 0 uses) on N pictures of their own seed space, for two
+features of the default model: the frozen vision tower's output at the layer the model reads
+(`vision_feature_layer`) and the projector's output (the visual tokens the decoder reads). Their
+accuracy on the evaluation pictures' objects, small and large apart, says whether the information
+is there for the decoder to use: a probe near 100% where the model's answers are at 80% puts the
+loss in the decoder (training), a probe near the answers puts it in the features. Needs the carrier
+packages (tokentrim_cli/assembly.py); ~3 minutes of tower forwards per 1,000 pictures on 2 cores.
+
+Markdown on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from tokentrim_cli import scenes  # noqa: E402
+
+PROBE_SEED = 970_000  # the probes' training pictures: past compare_trained's (960,000 up), below TRAIN_SEED
+SIZES = tuple(scenes.SIZES)
+
+
+def picture_objects(sample: scenes.SceneSample) -> list[scenes.SceneObject]:
+    return scenes.place_objects(random.Random(sample.seed))  # the objects of scenes.scene(seed)
+
+
+def asked_object(question: scenes.Question, objects: list[scenes.SceneObject]) -> scenes.SceneObject:
+    """The object a colour or shape question names ("What color is the small star?": the one
+    object whose name without its colour is "small star")."""
+    name = question.text.removeprefix("What color is the ").removeprefix("What shape is the ").removesuffix("?")
+    naming = scenes._shape_name if question.type == "color" else scenes._color_name
+    (found,) = [o for o in objects if naming(o, objects) == name]
+    return found
+
+
+def asked_count(question: scenes.Question, description: str) -> int:
+    """How many objects of the counted colour (or shape) a description names."""
+    counted = question.text.split()[2]  # "How many red objects are there?", "How many stars are there?"
+    said = scenes.mentioned_objects(description)
+    if question.type == "count_color":
+        return sum(colour == counted for colour, _ in said)
+    shape = next(s for s, plural in scenes.PLURALS.items() if plural == counted)
+    return sum(s == shape for _, s in said)
+
+
+def existence_case(question: scenes.Question, objects: list[scenes.SceneObject]) -> str:
+    """"small" or "large" (the size of the object asked about; "large" if any match is) when it is
+    there, "absent" when it is not."""
+    colour, shape = question.text.removesuffix("?").split()[-2:]
+    sizes = {o.size for o in objects if (o.color, o.shape) == (colour, shape)}
+    return "absent" if not sizes else "large" if "large" in sizes else "small"
+
+
+def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
+    """{"named": {(type, size): [right, asked]} (type "exist" also with size "absent"),
+    "describe": {size: [found, objects]},
+    "count": {(type, truth): [right, asked]}, "count_vs_description": {(type, description right,
+    short answer right): questions}} for one profile of an eval JSON."""
+    named: dict = {(t, s): [0, 0] for t in ("color", "shape", "exist") for s in SIZES} | {("exist", "absent"): [0, 0]}
+    described = {s: [0, 0] for s in SIZES}
+    count: dict = {}
+    descriptions: dict[int, str] = {}
+    asked: list[tuple[int, scenes.SceneSample, str]] = []
+    for sample_id, prediction in zip(profile["ids"], profile["predictions"]):
+        picture, index = map(int, sample_id.split("-"))
+        sample = samples[index]
+        assert sample.seed == scenes.EVAL_SEED + picture, f"{sample_id}: not this scenes set"
+        question = sample.question
+        if question.type == "describe":
+            descriptions[picture] = prediction
+            objects = picture_objects(sample)
+            said = Counter(scenes.mentioned_objects(prediction))
+            for o in objects:
+                if scenes.unique_name(o, objects) == f"{o.color} {o.shape}":
+                    described[o.size][0] += said[(o.color, o.shape)] > 0
+                    described[o.size][1] += 1
+        elif question.type in ("color", "shape"):
+            cell = named[(question.type, asked_object(question, picture_objects(sample)).size)]
+            cell[0] += scenes.normalize_short(prediction) == question.answer
+            cell[1] += 1
+        elif question.type == "exist":
+            cell = named[("exist", existence_case(question, picture_objects(sample)))]
+            cell[0] += scenes.normalize_short(prediction) == question.answer
+            cell[1] += 1
+        elif question.type in ("count_color", "count_shape"):
+            asked.append((picture, sample, prediction))
+    versus: Counter = Counter()
+    for picture, sample, prediction in asked:
+        question = sample.question
+        right = scenes.normalize_short(prediction) == question.answer
+        cell = count.setdefault((question.type, int(question.answer)), [0, 0])
+        cell[0] += right
+        cell[1] += 1
+        if picture in descriptions:
+            versus[(question.type, asked_count(question, descriptions[picture]) == int(question.answer), right)] += 1
+    return {"named": named, "describe": described, "count": count, "count_vs_description": dict(versus)}
+
+
+# ---- the probes ---------------------------------------------------------------------------------
+
+
+def object_means(features, objects: list[scenes.SceneObject]):
+    """(objects, D): each object's mean feature over the patches it covers (row-major patches)."""
+    import torch
+    from train_scenes_model import patch_objects
+
+    grid = int(round(features.shape[0] ** 0.5))
+    owner = torch.tensor(patch_objects(objects, grid, scenes.SIZE / grid))
+    return torch.stack([features[owner == i].float().mean(0) for i in range(len(objects))])
+
+
+def fit_probe(train_x, train_y, classes: int, steps: int = 300, weight_decay: float = 1e-3):
+    """A multinomial logistic regression on standardised features (L-BFGS, full batch); returns
+    a function from features to predicted classes."""
+    import torch
+
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    x = (train_x - mean) / std
+    torch.manual_seed(0)  # the starting point (the optimum is unique; this makes the digits repeat)
+    linear = torch.nn.Linear(x.shape[1], classes)
+    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(linear(x), train_y) + weight_decay * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return lambda features: linear((features - mean) / std).argmax(-1)
+
+
+def probe_features(model, processor, seeds: list[int]) -> tuple[dict, list[scenes.SceneObject]]:
+    """{"tower": (objects, D), "projector": (objects, D')} over every object of the pictures, and
+    the objects in the same order."""
+    import torch
+
+    layer = model.config.vision_feature_layer
+    found: dict[str, list] = {"tower": [], "projector": []}
+    every: list[scenes.SceneObject] = []
+    for start in range(0, len(seeds), 8):
+        drawn = [scenes.scene(seed) for seed in seeds[start : start + 8]]
+        pixels = processor.image_processor([image for image, _ in drawn], return_tensors="pt")["pixel_values"]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            tower = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[layer][:, 1:]
+            projected = model.model.multi_modal_projector(tower)
+        for n, (_, objects) in enumerate(drawn):
+            found["tower"].append(object_means(tower[n], objects))
+            found["projector"].append(object_means(projected[n], objects))
+            every += objects
+    return {name: torch.cat(parts) for name, parts in found.items()}, every
+
+
+def run_probes(train_pictures: int, weights: Path, log) -> dict:
+    """{(feature, attribute, size): [right, objects]} on the evaluation pictures' objects."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tokentrim_cli import assembly
+
+    model, processor = assembly.build_base(log, seed=0)
+    model.model.multi_modal_projector.load_state_dict(load_file(weights / assembly.PROJECTOR_FILE))
+    model.eval()
+    log(f"tower features of {train_pictures} probe pictures")
+    train, train_objects = probe_features(model, processor, [PROBE_SEED + i for i in range(train_pictures)])
+    log(f"tower features of the {scenes.EVAL_PICTURES} evaluation pictures")
+    test, test_objects = probe_features(model, processor, [scenes.EVAL_SEED + i for i in range(scenes.EVAL_PICTURES)])
+    out = {}
+    for attribute, classes in (("colour", list(scenes.COLORS)), ("shape", list(scenes.SHAPES))):
+        def labels(objects):
+            return torch.tensor([classes.index(o.color if attribute == "colour" else o.shape) for o in objects])
+
+        for feature in ("tower", "projector"):
+            predict = fit_probe(train[feature], labels(train_objects), len(classes))
+            with torch.no_grad():
+                right = (predict(test[feature]) == labels(test_objects)).tolist()
+            for size in SIZES:
+                mine = [r for r, o in zip(right, test_objects) if o.size == size]
+                out[(feature, attribute, size)] = [sum(mine), len(mine)]
+    return out
+
+
+# ---- the report ---------------------------------------------------------------------------------
+
+
+def percent(cell) -> str:
+    return f"{100 * cell[0] / max(cell[1], 1):.1f}% of {cell[1]}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("eval_json", type=Path)
+    parser.add_argument("--profile", default="baseline")
+    parser.add_argument("--probe", type=int, default=0, metavar="N", help="also fit the probes on N pictures")
+    parser.add_argument("--weights", type=Path, default=ROOT / "tokentrim_cli" / "scenes_model",
+                        help="the trained projector's folder (for the projector's probe)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    document = json.loads(args.eval_json.read_text())
+    if not document["dataset"].startswith("scenes"):
+        sys.exit(f"{args.eval_json}: not a scenes evaluation ({document['dataset']!r})")
+    profiles = [p for p in document["profiles"] if p["profile"] == args.profile]
+    if not profiles:
+        sys.exit(f"{args.eval_json}: no profile {args.profile!r}")
+    found = diagnose(profiles[0], scenes.evaluation_questions())
+
+    print(f"### {args.eval_json.name}, profile {args.profile}\n")
+    print("| object size | colour question | shape question | existence (object there) | describe recall |")
+    print("|---|---|---|---|---|")
+    for size in SIZES:
+        print(f"| {size} | {percent(found['named'][('color', size)])} | {percent(found['named'][('shape', size)])} | "
+              f"{percent(found['named'][('exist', size)])} | {percent(found['describe'][size])} |")  # fmt: skip
+    print(f"| (not there) | | | {percent(found['named'][('exist', 'absent')])} | |")
+    print("\n| count question | " + " | ".join(f"true count {n}" for n in range(5)) + " |")
+    print("|---|" + "---|" * 5)
+    for kind in ("count_color", "count_shape"):
+        print(f"| {kind} | " + " | ".join(percent(found["count"].get((kind, n), [0, 0])) for n in range(5)) + " |")
+    print("\n| count question, picture also described | description's count right | "
+          "short answer right | both | neither |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    versus = found["count_vs_description"]
+    for kind in ("count_color", "count_shape"):
+        cells = [versus.get((kind, d, s), 0) for d, s in ((True, False), (False, True), (True, True), (False, False))]
+        total = max(sum(cells), 1)
+        description_right, short_right = cells[0] + cells[2], cells[1] + cells[2]
+        print(f"| {kind} ({sum(cells)}) | {100 * description_right / total:.0f}% | {100 * short_right / total:.0f}% | "
+              f"{100 * cells[2] / total:.0f}% | {100 * cells[3] / total:.0f}% |")  # fmt: skip
+
+    if args.probe:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        probes = run_probes(args.probe, args.weights, lambda message: print(f"<!-- {message} -->", file=sys.stderr))
+        print(f"\nLinear probes ({args.probe} probe pictures, seeds {PROBE_SEED} up; tested on the evaluation "
+              f"pictures' objects; weights {args.weights.name}):\n")  # fmt: skip
+        print("| feature | colour, small | colour, large | shape, small | shape, large |")
+        print("|---|---|---|---|---|")
+        for feature in ("tower", "projector"):
+            cells = [percent(probes[(feature, a, s)]) for a in ("colour", "shape") for s in SIZES]
+            print(f"| {feature} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
