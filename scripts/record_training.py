@@ -2,11 +2,12 @@
 the logs of the runs that produced its weights (scripts/train_scenes_model.py --log FILE).
 
     python scripts/record_training.py run1.log [run2.log ...] --date 2026-12-01 \
-        --not-adopted run8.log ... --output tokentrim_cli/scenes_model/training.json
+        --log-date run12.log=2026-12-02 --not-adopted run8.log ... --output tokentrim_cli/scenes_model/training.json
 
 Every log becomes one entry, oldest first: the command line rebuilt from its logged arguments,
 the start and end times, wall minutes, the loss and held-out scores at each logged step, and where it
-stopped. The versions are this environment's (run the script in the environment that trained).
+stopped (a log's times carry no day: `--date`, and `--log-date` for a log started on
+another day). The versions are this environment's (run the script in the environment that trained).
 `--not-adopted` logs are runs whose weights were compared on held-out pictures and not shipped:
 recorded apart ("not_adopted"), outside the shipped weights' runs and minutes.
 """
@@ -89,6 +90,20 @@ def _minutes(start: str, end: str) -> float:
     return ((seconds(end) - seconds(start)) % 86400) / 60
 
 
+def log_dates(pairs: list[str], names: list[str]) -> dict[str, str]:
+    """{"run12.log": "2026-12-02"} from ["run12.log=2026-12-02"]; a name that is not one of the
+    logs, or a date not YYYY-MM-DD, is an error (a typo would silently keep the default date)."""
+    dates = {}
+    for pair in pairs:
+        name, _, date = pair.partition("=")
+        if name not in names:
+            raise SystemExit(f"--log-date {pair}: {name!r} is not one of the logs given")
+        if not re.fullmatch(r"\d{4}-\d\d-\d\d", date):
+            raise SystemExit(f"--log-date {pair}: the date must be YYYY-MM-DD")
+        dates[name] = date
+    return dates
+
+
 def versions() -> dict:
     import peft
     import torch
@@ -102,11 +117,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("logs", type=Path, nargs="+")
     parser.add_argument("--date", required=True, help="the day the runs started (YYYY-MM-DD)")
+    parser.add_argument("--log-date", action="append", default=[], metavar="LOG=DATE",
+                        help="a log (by file name) that started on another day than --date; repeatable")
     parser.add_argument("--not-adopted", type=Path, nargs="*", default=[], help="logs of runs whose weights were not shipped")
     parser.add_argument("--output", type=Path, default=Path("tokentrim_cli/scenes_model/training.json"))
     args = parser.parse_args()
+    dates = log_dates(args.log_date, [log.name for log in [*args.logs, *args.not_adopted]])
+
     def entries(logs: list[Path]) -> list[dict]:
-        return [parse(log) | {"date": args.date} for log in logs]
+        return [parse(log) | {"date": dates.get(log.name, args.date)} for log in logs]
 
     runs = entries(args.logs)
     document = {

@@ -299,6 +299,14 @@ def test_the_size_diagnosis_probe_pools_an_objects_patches_and_learns():
     covered = [r * 24 + c for r in range(24) for c in range(24) if ((c * 14 + 7 - 168) ** 2 + (r * 14 + 7 - 168) ** 2) ** 0.5 < 22.5]
     assert len(covered) == 12 and means[1].item() == pytest.approx(sum(covered) / len(covered))
 
+    left_top = scenes.SceneObject("star", "red", "small", 100, 100, 14)
+    right_bottom = scenes.SceneObject("cross", "white", "large", 250, 300, 30)
+    middle = scenes.SceneObject("circle", "blue", "small", 180, 150, 14)  # within 28 px of both middle lines
+    assert [diagnosis.attribute_label(o, "left or right") for o in (left_top, right_bottom, middle)] == [0, 1, None]
+    assert [diagnosis.attribute_label(o, "top or bottom") for o in (left_top, right_bottom, middle)] == [0, 1, None]
+    assert diagnosis.attribute_label(right_bottom, "colour") == list(scenes.COLORS).index("white")
+    assert diagnosis.attribute_label(right_bottom, "shape") == scenes.SHAPES.index("cross")
+
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 4, (400,), generator=generator)
     centres = torch.randn(4, 16, generator=generator) * 3

@@ -104,6 +104,15 @@ def test_the_training_record_is_rebuilt_from_a_log(tmp_path):
     assert run["stopped"] == "time budget of 20.0 min reached at step 3; done in 20.0 min; next --seed-offset 24"
 
 
+def test_a_log_started_on_another_day_gets_its_own_date():
+    record = pytest.importorskip("record_training")
+    assert record.log_dates(["run12.log=2026-12-02"], ["run11.log", "run12.log"]) == {"run12.log": "2026-12-02"}
+    with pytest.raises(SystemExit, match="not one of the logs"):
+        record.log_dates(["run13.log=2026-12-02"], ["run11.log", "run12.log"])
+    with pytest.raises(SystemExit, match="YYYY-MM-DD"):
+        record.log_dates(["run12.log=12/02"], ["run12.log"])
+
+
 def test_a_logged_flag_becomes_a_flag_in_the_rebuilt_command():
     record = pytest.importorskip("record_training")
     logged = {"out": "runs/b", "distinct": "True", "init": "None", "type_weights": "{'spatial': 10.0, 'position': 6.0}"}
