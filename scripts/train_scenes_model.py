@@ -422,17 +422,31 @@ def save_trained(model, out: Path, rank: int, alpha: float) -> None:
 
 
 def load_trained(model, folder: Path) -> None:
-    """Start from shipped weights: the projector, and the adapter copied into PEFT's modules."""
+    """Start from shipped weights: the projector, and the adapter copied into PEFT's modules.
+
+    An adapter of a lower rank than the model's LoRA (`--rank`) fills its first components, with B
+    rescaled by (the folder's alpha/rank) / (the model's), so that the model computes exactly what
+    the folder's weights did; the other components start as PEFT starts them (B = 0, so they change
+    nothing until trained): a run can widen the adapter it continues."""
     from safetensors.torch import load_file
 
     model.model.multi_modal_projector.load_state_dict(load_file(folder / assembly.PROJECTOR_FILE))
+    config = json.loads((folder / assembly.ADAPTER_CONFIG).read_text())
     weights = load_file(folder / assembly.ADAPTER_FILE)
     modules = dict(model.model.language_model.named_modules())
     for key, value in weights.items():
         name, part = key.rsplit(".", 1)
-        target = getattr(modules[name], part)["default"].weight
+        module = modules[name]
+        target = getattr(module, part)["default"].weight
+        rank = module.r["default"]
+        if config["rank"] > rank:
+            raise SystemExit(f"{folder}: its adapter has rank {config['rank']}, more than --rank {rank}")
         with torch.no_grad():
-            target.copy_(value.float())
+            if part == "lora_A":
+                target[: config["rank"]].copy_(value.float())
+            else:
+                target.zero_()
+                target[:, : config["rank"]].copy_(value.float() * (config["alpha"] / config["rank"]) / module.scaling["default"])
 
 
 # ---- the loop -----------------------------------------------------------------------------------

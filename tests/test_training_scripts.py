@@ -104,6 +104,42 @@ def test_the_training_record_is_rebuilt_from_a_log(tmp_path):
     assert run["stopped"] == "time budget of 20.0 min reached at step 3; done in 20.0 min; next --seed-offset 24"
 
 
+def test_a_run_can_widen_the_adapter_it_continues(tmp_path):
+    """load_trained into a LoRA of a higher rank (and another alpha) computes what the saved
+    adapter computed: the same logits as the model it was saved from; a lower rank is refused."""
+    import torch
+
+    train_scenes = pytest.importorskip("train_scenes_model")
+    pytest.importorskip("peft")
+    from tokentrim_cli.model import build_random
+
+    def with_lora(rank, alpha):
+        model, _ = build_random("tiny", seed=0)
+        train_scenes.add_lora(model, rank, alpha)
+        return model.eval()
+
+    saved = with_lora(4, 8.0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in saved.named_parameters():
+            if "lora_" in name:  # B starts at zero: give the adapter something to carry
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    train_scenes.save_trained(saved, tmp_path / "r4", 4, 8.0)
+    ids = torch.randint(5, 100, (1, 12), generator=generator)
+    with torch.no_grad():
+        same = with_lora(4, 8.0)  # the saved adapter (bf16 on disk) loaded at its own rank
+        train_scenes.load_trained(same, tmp_path / "r4")
+        before = same.model.language_model(input_ids=ids).last_hidden_state
+        plain = with_lora(4, 8.0).model.language_model(input_ids=ids).last_hidden_state
+        assert not torch.allclose(before, plain, atol=1e-3)  # the adapter changes the output
+        wide = with_lora(8, 4.0)
+        train_scenes.load_trained(wide, tmp_path / "r4")
+        after = wide.model.language_model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    with pytest.raises(SystemExit, match="rank 4, more than --rank 2"):
+        train_scenes.load_trained(with_lora(2, 4.0), tmp_path / "r4")
+
+
 def test_a_log_started_on_another_day_gets_its_own_date():
     record = pytest.importorskip("record_training")
     assert record.log_dates(["run12.log=2026-12-02"], ["run11.log", "run12.log"]) == {"run12.log": "2026-12-02"}
