@@ -58,7 +58,7 @@ def asked_object(question: scenes.Question, objects: list[scenes.SceneObject]) -
     """The object a colour or shape question names ("What color is the small star?": the one
     object whose name without its colour is "small star")."""
     name = question.text.removeprefix("What color is the ").removeprefix("What shape is the ").removesuffix("?")
-    naming = scenes._shape_name if question.type == "color" else scenes._color_name
+    naming = scenes.name_without_color if question.type == "color" else scenes.name_without_shape
     (found,) = [o for o in objects if naming(o, objects) == name]
     return found
 

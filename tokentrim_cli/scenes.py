@@ -223,13 +223,13 @@ def make_question(kind: str, objects: list[SceneObject], rng: random.Random) -> 
         sentence = f"There {verb} {count_word(n, shape, PLURALS[shape])}." if n else f"There are no {PLURALS[shape]}."
         return Question(kind, f"How many {PLURALS[shape]} are there?", str(n), sentence)
     if kind == "color":
-        named = [(o, n) for o in objects if (n := _shape_name(o, objects))]
+        named = [(o, n) for o in objects if (n := name_without_color(o, objects))]
         if not named:
             return None
         o, name = rng.choice(named)
         return Question(kind, f"What color is the {name}?", o.color, f"The {name} is {o.color}.")
     if kind == "shape":
-        named = [(o, n) for o in objects if (n := _color_name(o, objects))]
+        named = [(o, n) for o in objects if (n := name_without_shape(o, objects))]
         if not named:
             return None
         o, name = rng.choice(named)
@@ -241,7 +241,7 @@ def make_question(kind: str, objects: list[SceneObject], rng: random.Random) -> 
     raise ValueError(f"unknown question type {kind!r}")
 
 
-def _shape_name(o: SceneObject, objects) -> str | None:
+def name_without_color(o: SceneObject, objects) -> str | None:
     """A name without the colour: "star" or "small star" when that picks out exactly one object."""
     if sum(p.shape == o.shape for p in objects) == 1:
         return o.shape
@@ -250,7 +250,7 @@ def _shape_name(o: SceneObject, objects) -> str | None:
     return None
 
 
-def _color_name(o: SceneObject, objects) -> str | None:
+def name_without_shape(o: SceneObject, objects) -> str | None:
     """A name without the shape: "red object" or "small red object"."""
     if sum(p.color == o.color for p in objects) == 1:
         return f"{o.color} object"
