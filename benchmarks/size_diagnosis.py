@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -45,13 +44,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from tokentrim_cli import scenes  # noqa: E402
+from tokentrim_cli.benchmarks import scenes_question  # noqa: E402
 
 PROBE_SEED = 970_000  # the probes' training pictures: past compare_trained's (960,000 up), below TRAIN_SEED
 SIZES = tuple(scenes.SIZES)
-
-
-def picture_objects(sample: scenes.SceneSample) -> list[scenes.SceneObject]:
-    return scenes.place_objects(random.Random(sample.seed))  # the objects of scenes.scene(seed)
 
 
 def asked_object(question: scenes.Question, objects: list[scenes.SceneObject]) -> scenes.SceneObject:
@@ -89,40 +85,38 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
     named: dict = {(t, s): [0, 0] for t in ("color", "shape", "exist") for s in SIZES} | {("exist", "absent"): [0, 0]}
     described = {s: [0, 0] for s in SIZES}
     count: dict = {}
-    descriptions: dict[int, str] = {}
-    asked: list[tuple[int, scenes.SceneSample, str]] = []
+    descriptions: dict[int, str] = {}  # by picture seed
+    asked: list[tuple[scenes.SceneSample, str]] = []
     for sample_id, prediction in zip(profile["ids"], profile["predictions"]):
-        picture, index = map(int, sample_id.split("-"))
-        sample = samples[index]
-        assert sample.seed == scenes.EVAL_SEED + picture, f"{sample_id}: not this scenes set"
+        sample = scenes_question(sample_id, samples)
         question = sample.question
         if question.type == "describe":
-            descriptions[picture] = prediction
-            objects = picture_objects(sample)
+            descriptions[sample.seed] = prediction
+            objects = scenes.scene_objects(sample.seed)
             said = Counter(scenes.mentioned_objects(prediction))
             for o in objects:
                 if scenes.unique_name(o, objects) == f"{o.color} {o.shape}":
                     described[o.size][0] += said[(o.color, o.shape)] > 0
                     described[o.size][1] += 1
         elif question.type in ("color", "shape"):
-            cell = named[(question.type, asked_object(question, picture_objects(sample)).size)]
+            cell = named[(question.type, asked_object(question, scenes.scene_objects(sample.seed)).size)]
             cell[0] += scenes.normalize_short(prediction) == question.answer
             cell[1] += 1
         elif question.type == "exist":
-            cell = named[("exist", existence_case(question, picture_objects(sample)))]
+            cell = named[("exist", existence_case(question, scenes.scene_objects(sample.seed)))]
             cell[0] += scenes.normalize_short(prediction) == question.answer
             cell[1] += 1
         elif question.type in ("count_color", "count_shape"):
-            asked.append((picture, sample, prediction))
+            asked.append((sample, prediction))
     versus: Counter = Counter()
-    for picture, sample, prediction in asked:
+    for sample, prediction in asked:
         question = sample.question
         right = scenes.normalize_short(prediction) == question.answer
         cell = count.setdefault((question.type, int(question.answer)), [0, 0])
         cell[0] += right
         cell[1] += 1
-        if picture in descriptions:
-            versus[(question.type, asked_count(question, descriptions[picture]) == int(question.answer), right)] += 1
+        if sample.seed in descriptions:
+            versus[(question.type, asked_count(question, descriptions[sample.seed]) == int(question.answer), right)] += 1
     return {"named": named, "describe": described, "count": count, "count_vs_description": dict(versus)}
 
 
@@ -174,9 +168,12 @@ def probe_features(model, processor, seeds: list[int]) -> tuple[dict, list[scene
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             tower = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[layer][:, 1:]
             projected = model.model.multi_modal_projector(tower)
+        width = tower.shape[-1]
         for n, (_, objects) in enumerate(drawn):
-            found["tower"].append(object_means(tower[n], objects))
-            found["projector"].append(object_means(projected[n], objects))
+            # one pooling (patch_objects walks every patch per object) for both features, side by side
+            means = object_means(torch.cat([tower[n].float(), projected[n].float()], dim=-1), objects)
+            found["tower"].append(means[:, :width])
+            found["projector"].append(means[:, width:])
             every += objects
     return {name: torch.cat(parts) for name, parts in found.items()}, every
 

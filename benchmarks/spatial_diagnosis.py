@@ -17,7 +17,6 @@ objects of each picture from scenes.py; nothing is run. Markdown on stdout.
 from __future__ import annotations
 
 import json
-import random
 import re
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tokentrim_cli import scenes  # noqa: E402
+from tokentrim_cli.benchmarks import scenes_question  # noqa: E402
 
 
 def order_counts(description: str, objects: list[scenes.SceneObject]) -> tuple[int, int]:
@@ -56,11 +56,9 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
     in_order = out_of_order = 0
     spatial = {relation: [0, 0, 0] for relation in scenes.RELATIONS}
     for sample_id, prediction in zip(profile["ids"], profile["predictions"]):
-        picture, index = map(int, sample_id.split("-"))
-        sample = samples[index]
-        assert sample.seed == scenes.EVAL_SEED + picture, f"{sample_id}: not this scenes set"
+        sample = scenes_question(sample_id, samples)
         if sample.question.type == "describe":
-            objects = scenes.place_objects(random.Random(sample.seed))  # the objects of scenes.scene(seed)
+            objects = scenes.scene_objects(sample.seed)
             good, bad = order_counts(prediction, objects)
             in_order, out_of_order = in_order + good, out_of_order + bad
         elif sample.question.type == "spatial":

@@ -47,7 +47,7 @@ def position_questions(count: int) -> list[tuple[int, scenes.Question]]:
     out = []
     for i in range(count):
         seed = PROBE_SEED + i
-        objects = scenes.place_objects(random.Random(seed))  # the objects of scenes.scene(seed)
+        objects = scenes.scene_objects(seed)
         rng = random.Random(f"position-{seed}")
         # The comparison is drawn last, so the first two questions are those the probe asked before it had one.
         drawn = (training.position_question(objects, rng), scenes.make_question("spatial", objects, rng),

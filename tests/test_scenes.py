@@ -208,7 +208,7 @@ def test_the_size_diagnosis_finds_the_asked_object_and_splits_by_size():
     named = [i for i, s in enumerate(samples) if s.question.type in ("color", "shape")][:120]
     sizes = {}
     for i in named:
-        question, objects = samples[i].question, diagnosis.picture_objects(samples[i])
+        question, objects = samples[i].question, scenes.scene_objects(samples[i].seed)
         words = set(question.text.rstrip("?").split())
         if question.type == "color":  # the answer is its colour, the question names its shape
             fits = [o for o in objects if o.color == question.answer and o.shape in words]
@@ -223,7 +223,7 @@ def test_the_size_diagnosis_finds_the_asked_object_and_splits_by_size():
     exist = [i for i, s in enumerate(samples) if s.question.type == "exist"][:60]
     cases = {}
     for i in exist:  # "Is there a red star?": the answer and the sizes of the red stars, found here
-        question, objects = samples[i].question, diagnosis.picture_objects(samples[i])
+        question, objects = samples[i].question, scenes.scene_objects(samples[i].seed)
         matches = [o for o in objects if f" {o.color} {o.shape}?" in question.text]
         assert (question.answer == "yes") == bool(matches)
         cases[i] = max((o.size for o in matches), key=["small", "large"].index) if matches else "absent"
@@ -233,7 +233,7 @@ def test_the_size_diagnosis_finds_the_asked_object_and_splits_by_size():
     counts = [i for i, s in enumerate(samples) if s.question.type.startswith("count")][:200]
     large_only = {}
     for i in describe:
-        objects = diagnosis.picture_objects(samples[i])
+        objects = scenes.scene_objects(samples[i].seed)
         large_only[i] = scenes.describe([o for o in objects if o.size == "large"] or objects[:1])
     predictions = {i: samples[i].question.answer if sizes[i] == "small" else "no idea" for i in named}
     predictions |= large_only | {i: "One." for i in counts} | {i: "Yes." for i in exist}
@@ -250,12 +250,12 @@ def test_the_size_diagnosis_finds_the_asked_object_and_splits_by_size():
         assert found["named"][("exist", case)] == [0 if case == "absent" else asked, asked]
     unique = {"small": 0, "large": 0}
     for i in describe:
-        objects = diagnosis.picture_objects(samples[i])
+        objects = scenes.scene_objects(samples[i].seed)
         for o in objects:
             unique[o.size] += sum((p.color, p.shape) == (o.color, o.shape) for p in objects) == 1
     assert found["describe"]["large"] == [unique["large"], unique["large"]]  # every large object named
     assert found["describe"]["small"][1] == unique["small"]
-    stand_ins = [diagnosis.picture_objects(samples[i]) for i in describe]  # pictures without a large object
+    stand_ins = [scenes.scene_objects(samples[i].seed) for i in describe]  # pictures without a large object
     stand_ins = [objects for objects in stand_ins if all(o.size == "small" for o in objects)]
     assert found["describe"]["small"][0] == sum(
         sum((p.color, p.shape) == (objects[0].color, objects[0].shape) for p in objects) == 1 for objects in stand_ins
@@ -269,7 +269,7 @@ def test_the_size_diagnosis_finds_the_asked_object_and_splits_by_size():
     expected: Counter = Counter()
     for i in counts:
         if samples[i].seed in described:
-            question, objects = samples[i].question, diagnosis.picture_objects(samples[i])
+            question, objects = samples[i].question, scenes.scene_objects(samples[i].seed)
             counted = [o for o in objects if question.text.split()[2] in (o.color, scenes.PLURALS[o.shape])]
             large = [o for o in objects if o.size == "large"] or objects[:1]
             description_right = sum(o in large for o in counted) == len(counted)

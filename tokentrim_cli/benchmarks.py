@@ -33,8 +33,12 @@ import string
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import EnvironmentProblem, InputError, UsageError
+
+if TYPE_CHECKING:
+    from .scenes import SceneSample
 
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."  # LLaVA-1.5's VQA prompt
 
@@ -378,6 +382,15 @@ SCENES_SHORT_TOKENS = 10  # a word or a number, and the end token
 SCENES_DESCRIBE_TOKENS = 96  # eight objects named in sentences take about 60
 
 
+def scenes_question(sample_id: str, questions: list[SceneSample]) -> SceneSample:
+    """The question of scenes.evaluation_questions() that a load_scenes sample id ("{seed}-{index}",
+    as eval's JSON keeps it) names; an id whose seed does not match is from another set."""
+    seed, index = map(int, sample_id.split("-"))
+    if not 0 <= index < len(questions) or questions[index].seed != seed:
+        raise ValueError(f"{sample_id}: not a question of this scenes set")
+    return questions[index]
+
+
 def load_scenes(*, limit: int | None, seed: int) -> EvalSet:
     """The fixed scenes evaluation set (scenes.evaluation_questions), or a seeded sample of it."""
     import dataclasses
@@ -389,7 +402,7 @@ def load_scenes(*, limit: int | None, seed: int) -> EvalSet:
     samples = []
     for i in order:
         item = questions[i]
-        objects = scenes.place_objects(random.Random(item.seed))  # the scene's objects, for describe's scoring
+        objects = scenes.scene_objects(item.seed)  # for describe's scoring
         samples.append(EvalSample(
             f"{item.seed}-{i}", scenes.SceneImage(item.seed), item.question.prompt, [item.question.answer],
             item.question.type, {"objects": [dataclasses.asdict(o) for o in objects]},

@@ -167,6 +167,11 @@ def scene(
     return draw(objects, rng), objects
 
 
+def scene_objects(seed: int) -> list[SceneObject]:
+    """The objects of scene(seed), without drawing the picture (placing comes first from the seed)."""
+    return place_objects(random.Random(seed))
+
+
 # ---- questions ----------------------------------------------------------------------------------
 
 
