@@ -27,7 +27,7 @@ position=N` adds a training-only question, where one named object lies in the pi
 (`position_question`), and `--distinct` asks no question twice in a sequence (run 9, aimed at the
 spatial questions); `compare=N` another, which of two named objects is further left, right, up or
 down, answered with the object (`compare_question`, run 11). `--small-share` draws that share of
-the pictures with small objects alone (run 12).
+the pictures with small objects alone (run 12), `--few-share` with two or three objects (run 14).
 
 The shipped weights (tokentrim_cli/scenes_model/: projector.safetensors, adapter.safetensors,
 adapter.json) are written at every checkpoint, so a run can stop at any time. The runs that produced
@@ -73,7 +73,10 @@ def parse_type_weights(text: str) -> dict[str, float]:
     return weights
 
 
-def training_scene(seed: int, narrow_share: float, small_share: float = 0.0):
+FEW_OBJECTS = (2, 3)  # --few-share pictures: the fewest and most objects
+
+
+def training_scene(seed: int, narrow_share: float, small_share: float = 0.0, few_share: float = 0.0):
     """(picture, objects) for training picture `seed`. A `narrow_share` of them draw their objects
     from 2-3 colours and 2-3 shapes: in the evaluation's distribution (8 colours, 6 shapes, 3-8
     objects) most counts are 0 or 1, so a model that answers "1" to every count question loses
@@ -82,18 +85,25 @@ def training_scene(seed: int, narrow_share: float, small_share: float = 0.0):
     both can apply) hold small objects alone: run11's answers about small objects lag those about
     large ones (colour 78% against 92% on the evaluation set) while a linear probe reads a small
     object's colour from its visual tokens 98% of the time (benchmarks/size_diagnosis.py), so the
-    decoder, not the features, is what needs the practice. Which pictures are changed, and how,
-    follows from the seed alone; with both shares 0 every picture is scenes.scene(seed)."""
+    decoder, not the features, is what needs the practice. A `few_share` (drawn apart again) hold
+    two or three objects (FEW_OBJECTS): every run left the spatial questions at chance, and in a
+    crowded picture a wrong guess of which tokens are the named object hides whether the model can
+    compare two positions at all; two or three objects make that comparison the whole question
+    (run 14). Which pictures are changed, and how, follows from the seed alone; with every share 0
+    every picture is scenes.scene(seed)."""
     choose = random.Random(f"narrow-{seed}")
     narrowed = choose.random() < narrow_share
     small = random.Random(f"small-{seed}").random() < small_share
-    if not (narrowed or small):
+    few = random.Random(f"few-{seed}").random() < few_share
+    if not (narrowed or small or few):
         return scenes.scene(seed)
     colors, shapes = tuple(scenes.COLORS), scenes.SHAPES
     if narrowed:
         colors = tuple(choose.sample(tuple(scenes.COLORS), choose.randint(2, 3)))
         shapes = tuple(choose.sample(scenes.SHAPES, choose.randint(2, 3)))
-    return scenes.scene(seed, shapes=shapes, colors=colors, sizes=("small",) if small else tuple(scenes.SIZES))
+    sizes = ("small",) if small else tuple(scenes.SIZES)
+    counts = FEW_OBJECTS if few else (scenes.MIN_OBJECTS, scenes.MAX_OBJECTS)
+    return scenes.scene(seed, shapes=shapes, colors=colors, sizes=sizes, counts=counts)
 
 
 POSITION_AXES = {"x": ("left", "right", "on the left or on the right of the picture"),
@@ -147,12 +157,12 @@ TRAINING_ONLY = {"position": position_question, "compare": compare_question}
 
 def conversation(
     seed: int, turns: int, short_share: float, rng: random.Random, weights: dict[str, float],
-    narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0,
+    narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0, few_share: float = 0.0,
 ):  # fmt: skip
     """(picture, messages) for one training sequence: `turns` questions about one scene. With
     `distinct`, a question already asked in the sequence is drawn again (up to 20 tries): a repeat's
     answer can be copied from the earlier turn, so it teaches nothing about the picture."""
-    image, objects = training_scene(seed, narrow_share, small_share)
+    image, objects = training_scene(seed, narrow_share, small_share, few_share)
     kinds = list(weights)
     messages = []
     asked: set[str] = set()
@@ -196,11 +206,12 @@ def answer_labels(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
 
 def make_batch(
     processor, seeds: list[int], turns: int, short_share: float, rng: random.Random, weights,
-    narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0,
+    narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0, few_share: float = 0.0,
 ) -> dict:  # fmt: skip
     images, texts = [], []
     for seed in seeds:
-        image, messages = conversation(seed, turns, short_share, rng, weights, narrow_share, distinct, small_share)
+        image, messages = conversation(seed, turns, short_share, rng, weights, narrow_share, distinct, small_share,
+                                       few_share)  # fmt: skip
         images.append(image)
         texts.append(processor.apply_chat_template(messages, add_generation_prompt=False))
     tokenizer = processor.tokenizer
@@ -480,7 +491,7 @@ def run_stage(model, processor, params, *, steps, lr, args, offset, log, questio
             break
         seeds = [scenes.TRAIN_SEED + offset + step * args.batch_size + i for i in range(args.batch_size)]
         batch = make_batch(processor, seeds, args.turns, args.short_share, rng, args.type_weights, args.narrow_share,
-                           args.distinct, args.small_share)  # fmt: skip
+                           args.distinct, args.small_share, args.few_share)  # fmt: skip
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = answer_loss(model, batch)
         loss.backward()
@@ -519,6 +530,8 @@ def main() -> None:
                         help="share of training pictures drawn from 2-3 colours and shapes (counts past one)")
     parser.add_argument("--small-share", type=float, default=0.0,
                         help="share of training pictures with small objects alone (run 12)")
+    parser.add_argument("--few-share", type=float, default=0.0,
+                        help="share of training pictures with two or three objects (run 14)")
     parser.add_argument("--distinct", action="store_true", help="no question twice in one training sequence")
     parser.add_argument("--projector-lr", type=float, default=1e-3)
     parser.add_argument("--lora-lr", type=float, default=3e-4)

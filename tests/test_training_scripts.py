@@ -267,6 +267,28 @@ def test_small_only_training_scenes():
     assert all(p or s for p, s in zip(plain, only_small))  # a picture is either unchanged or all small
 
 
+def test_few_object_training_scenes():
+    """--few-share: that share of the pictures holds two or three objects, drawn independently of the
+    other shares; share 0 leaves every picture as the earlier runs drew it."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    seeds = [scenes.TRAIN_SEED + n for n in range(80)]
+    assert [train_scenes.training_scene(seed, 0.0, 0.0, 0.0)[1] for seed in seeds] == [
+        scenes.place_objects(random.Random(seed)) for seed in seeds
+    ]
+    few = [train_scenes.training_scene(seed, 0.0, 0.0, 1.0)[1] for seed in seeds]
+    assert all(len(objects) in (2, 3) for objects in few)
+    assert {len(objects) for objects in few} == {2, 3}
+    both = [train_scenes.training_scene(seed, 1.0, 1.0, 1.0)[1] for seed in seeds]
+    assert all(len(objects) in (2, 3) and {o.size for o in objects} == {"small"} for objects in both)
+    half = [train_scenes.training_scene(seed, 0.3, 0.0, 0.5)[1] for seed in seeds]
+    narrowed_only = [train_scenes.training_scene(seed, 0.3, 0.0, 0.0)[1] for seed in seeds]
+    changed = [a != b for a, b in zip(half, narrowed_only)]
+    assert 0.3 < sum(changed) / len(seeds) < 0.7
+    assert all(len(objects) <= 3 for objects, c in zip(half, changed) if c)  # changed only by having fewer objects
+
+
 def test_position_questions_have_the_right_answers():
     """The training-only position question, checked from the object list: the named object is found
     by its words and its centre compared with the middle of the picture here, not in the script."""

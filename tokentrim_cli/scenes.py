@@ -105,13 +105,13 @@ def shape_polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float,
 
 def place_objects(
     rng: random.Random, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = tuple(COLORS),
-    sizes: tuple[str, ...] = tuple(SIZES),
+    sizes: tuple[str, ...] = tuple(SIZES), counts: tuple[int, int] = (MIN_OBJECTS, MAX_OBJECTS),
 ) -> list[SceneObject]:  # fmt: skip
-    """3-8 objects with random shape, colour, size and place, never overlapping. `shapes`, `colors`
-    and `sizes` narrow the choice (training draws some scenes from a few colours and shapes, so that
-    counts past one are common, and some from small objects alone); the defaults draw the evaluation
-    and calibration sets."""
-    count = rng.randint(MIN_OBJECTS, MAX_OBJECTS)
+    """3-8 objects with random shape, colour, size and place, never overlapping. `shapes`, `colors`,
+    `sizes` and `counts` (the fewest and most objects) narrow the choice (training draws some scenes
+    from a few colours and shapes, so that counts past one are common, some from small objects alone
+    and some with two or three objects); the defaults draw the evaluation and calibration sets."""
+    count = rng.randint(*counts)
     objects: list[SceneObject] = []
     while len(objects) < count:
         size = rng.choice(sizes)
@@ -159,11 +159,12 @@ def draw(objects: list[SceneObject], rng: random.Random):
 
 
 def scene(
-    seed: int, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = tuple(COLORS), sizes: tuple[str, ...] = tuple(SIZES)
+    seed: int, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = tuple(COLORS), sizes: tuple[str, ...] = tuple(SIZES),
+    counts: tuple[int, int] = (MIN_OBJECTS, MAX_OBJECTS),
 ):  # fmt: skip
-    """(picture, objects) for one seed (`shapes`, `colors`, `sizes`: as in place_objects)."""
+    """(picture, objects) for one seed (`shapes`, `colors`, `sizes`, `counts`: as in place_objects)."""
     rng = random.Random(seed)
-    objects = place_objects(rng, shapes, colors, sizes)
+    objects = place_objects(rng, shapes, colors, sizes, counts)
     return draw(objects, rng), objects
 
 
