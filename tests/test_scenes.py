@@ -199,6 +199,41 @@ def test_the_spatial_diagnosis_counts_order_and_answers_by_hand():
     assert sum(asked for _, asked, _ in found["spatial"].values()) == len(spatial)
 
 
+def test_the_spatial_probe_reads_each_label_at_its_own_token():
+    """spatial_diagnosis --probe on made-up decoder states: each object's place is written only at
+    its own name's token, the answer only at the prompt's last token and only after layer 2. The
+    probes must find each where it was written and nowhere else (labels recomputed here from the
+    objects' centres)."""
+    import torch
+
+    diagnosis = _benchmark_module("spatial_diagnosis")
+    generator = torch.Generator().manual_seed(0)
+
+    def written(items, log):
+        states = torch.randn(len(items), 4, 3, 6, generator=generator)
+        for n, (_, objects, question) in enumerate(items):
+            names = {scenes.unique_name(o, objects): o for o in objects}
+            a = next(o for name, o in names.items() if question.text.startswith(f"Is the {name} "))
+            b = next(o for name, o in names.items() if question.text.endswith(f" the {name}?"))
+            states[n, :, 0, 0] += 4 * (1 if a.x > 168 else -1)
+            states[n, :, 0, 1] += 4 * (1 if a.y > 168 else -1)
+            states[n, :, 1, 2] += 4 * (1 if b.x > 168 else -1)
+            states[n, :, 1, 3] += 4 * (1 if b.y > 168 else -1)
+            states[n, 2:, 2, 4] += 4 * (1 if question.answer == "yes" else -1)
+        return states
+
+    diagnosis.decoder_states = lambda loaded, items, log: written(items, log)
+    train = diagnosis.probe_questions(160)
+    test = [(s.seed, s.question) for s in scenes.evaluation_questions() if s.question.type == "spatial"][:80]
+    found = diagnosis.run_decoder_probes(None, train, test, lambda message: None)
+    for probe in ("first object: left/right", "first object: top/bottom", "second object: left/right",
+                  "second object: top/bottom"):  # fmt: skip
+        assert min(found[probe]) > 0.95, probe
+    answer = found["answer (yes/no)"]
+    assert max(answer[:2]) < 0.7 and min(answer[2:]) > 0.95
+    assert 0.3 < found["wording"] < 0.7  # yes and no are balanced per relation
+
+
 def test_the_size_diagnosis_finds_the_asked_object_and_splits_by_size():
     """benchmarks/size_diagnosis.py: the object a colour or shape question names, found here from
     the answer and the question's words instead of the naming rules; hand-made predictions right on

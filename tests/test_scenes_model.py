@@ -164,3 +164,37 @@ def test_memory_estimate_reads_a_dinov2_tower(scenes_model):
     one = metrics.generation_bytes(scenes_model, inputs, max_new_tokens=16)
     longer = metrics.generation_bytes(scenes_model, inputs, max_new_tokens=1016)
     assert 0 < one < longer  # the KV cache of 1,000 more tokens is counted
+
+
+def test_the_spatial_probe_reads_the_named_objects_tokens(scenes_model):
+    """benchmarks/spatial_diagnosis.py --probe: the token positions it reads are the last tokens of
+    the two objects' names and of the prompt, in the very inputs eval gives the model: the states it
+    keeps after the embeddings are those tokens' input embeddings."""
+    import importlib.util
+
+    import torch
+
+    path = ROOT / "benchmarks" / "spatial_diagnosis.py"
+    spec = importlib.util.spec_from_file_location("spatial_diagnosis", path)
+    diagnosis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnosis)
+    from tokentrim_cli.generation import prepare_inputs
+    from tokentrim_cli.inputs import LoadedImage
+
+    samples = [s for s in scenes.evaluation_questions() if s.question.type == "spatial"][:2]
+    items = [(*scenes.scene(s.seed), s.question) for s in samples]
+    states = diagnosis.decoder_states(scenes_model, items, lambda message: None)
+    layers = len(scenes_model.model.model.language_model.layers)
+    assert states.shape == (2, layers + 1, 3, scenes_model.model.config.text_config.hidden_size)
+    embed = scenes_model.model.get_input_embeddings()
+    tokenizer = scenes_model.processor.tokenizer
+    for (picture, objects, question), row in zip(items, states):
+        first, second = re.fullmatch(r"Is the (.+?) (?:to the left of|to the right of|above|below) the (.+)\?", question.text).groups()
+        ids = prepare_inputs(scenes_model, [LoadedImage("scene", picture)], question.prompt)["input_ids"][0]
+        text = tokenizer.decode(ids)
+        where = diagnosis.token_positions(tokenizer, text[text.rindex("<|im_start|>user"):], (first, second))
+        assert tokenizer.decode(ids[: len(ids) + where["first"] + 1]).endswith(f"Is the {first}")
+        assert tokenizer.decode(ids[: len(ids) + where["second"] + 1]).endswith(f"the {second}")
+        assert tokenizer.decode(ids[-1:]) == "\n"  # the assistant header's end: where the answer starts
+        for slot, at in enumerate((where["first"], where["second"], -1)):
+            assert torch.equal(row[0, slot], embed(ids[at : at + 1 if at != -1 else None])[0].float())

@@ -452,8 +452,6 @@ class DatasetImage:
         value = self.rows[self.index][self.column]
         try:
             if hasattr(value, "convert"):  # datasets decoded it (a PIL image)
-                from PIL import Image
-
                 if max(value.size) / max(1, min(value.size)) > 20 or value.size[0] * value.size[1] > 64_000_000:
                     raise InputError(f"{self.where}: refused: {value.size[0]}x{value.size[1]} is an extreme or huge picture")
                 return LoadedImage(self.where, value.convert("RGB"))
