@@ -201,7 +201,7 @@ def test_the_spatial_diagnosis_counts_order_and_answers_by_hand():
 
 def test_the_spatial_probe_reads_each_label_at_its_own_token():
     """spatial_diagnosis --probe on made-up decoder states: each object's place is written only at
-    its own name's token, the answer only at the prompt's last token and only after layer 2. The
+    its own name's token, the answer only at the prompt's last token and only from layer 2 on. The
     probes must find each where it was written and nowhere else (labels recomputed here from the
     objects' centres)."""
     import torch
