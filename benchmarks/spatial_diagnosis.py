@@ -22,8 +22,9 @@ and read its place, the same for the second, and compare. The default model, exa
 eval` loads and prompts it, reads each spatial question (the short-answer prompt, one picture, no
 trimming); from its residual stream after every layer, linear probes (size_diagnosis.fit_probe)
 read, at the last token of each object's name in the question, whether that object lies left or
-right of the picture's middle and whether above or below it, and at the prompt's last token (where
-the answer is made) the answer itself. Probes train on N spatial
+right of the picture's middle and whether above or below it; at the second name, the first
+object's place again (has it been brought there?); and at the prompt's last token (where the
+answer is made) both places and the answer itself. Probes train on N spatial
 questions about pictures of their own seeds (PROBE_SEED up, one question each) and are tested on
 the evaluation set's spatial questions. The answer's probe is set beside the answer the wording
 alone predicts (each relation's majority answer in the probe's training questions): a probe that
@@ -121,10 +122,13 @@ def probe_labels(question: scenes.Question, objects: list[scenes.SceneObject]) -
     }  # fmt: skip
 
 
-# where each probe reads: the last token of the first object's name, of the second's, of the prompt
-PROBE_POSITIONS = {"first object: left/right": "first", "first object: top/bottom": "first",
-                   "second object: left/right": "second", "second object: top/bottom": "second",
-                   "answer (yes/no)": "end"}  # fmt: skip
+# Where the probes read (the last token of the first object's name, of the second's, of the prompt)
+# and what: each object's place where its name is read, the first object's place again at the
+# second name (has it been brought there?), both places and the answer where the answer is made.
+PLACES = ("first object: left/right", "first object: top/bottom", "second object: left/right", "second object: top/bottom")
+POSITIONS = {"first": PLACES[:2], "second": PLACES[2:] + PLACES[:2], "end": ("answer (yes/no)",) + PLACES}
+POSITION_NAMES = {"first": "the first object's name (last token)", "second": "the second object's name (last token)",
+                  "end": "the prompt's last token (where the answer is made)"}  # fmt: skip
 
 
 def token_positions(tokenizer, text: str, names: tuple[str, str]) -> dict[str, int]:
@@ -196,7 +200,8 @@ def wording_baseline(train: list[scenes.Question], test: list[scenes.Question]) 
 
 
 def run_decoder_probes(loaded, train: list[tuple[int, scenes.Question]], test: list[tuple[int, scenes.Question]], log) -> dict:
-    """{probe: [accuracy after the embeddings, after layer 1, ...]} on `test`, plus "wording"."""
+    """{(position, label): [accuracy after the embeddings, after layer 1, ...]} on `test`, plus
+    "wording"."""
     import torch
     from size_diagnosis import fit_probe
 
@@ -211,7 +216,7 @@ def run_decoder_probes(loaded, train: list[tuple[int, scenes.Question]], test: l
     test_states, test_labels = states_and_labels(test)
     slot = {"first": 0, "second": 1, "end": 2}
     out = {}
-    for probe, position in PROBE_POSITIONS.items():
+    for position, probe in ((position, label) for position, labels in POSITIONS.items() for label in labels):
         train_rows = [n for n, labels in enumerate(train_labels) if labels[probe] is not None]
         test_rows = [n for n, labels in enumerate(test_labels) if labels[probe] is not None]
         y_train = torch.tensor([train_labels[n][probe] for n in train_rows])
@@ -221,7 +226,7 @@ def run_decoder_probes(loaded, train: list[tuple[int, scenes.Question]], test: l
             predict = fit_probe(train_states[train_rows, layer, slot[position]], y_train, 2)
             with torch.no_grad():
                 accuracies.append((predict(test_states[test_rows, layer, slot[position]]) == y_test).float().mean().item())
-        out[probe] = accuracies
+        out[(position, probe)] = accuracies
     out["wording"] = wording_baseline([q for _, q in train], [q for _, q in test])
     return out
 
@@ -259,15 +264,17 @@ def main() -> None:
         loaded = load_llava("builtin:scenes", device="cpu", dtype="bfloat16")
         test = [(s.seed, s.question) for s in samples if s.question.type == "spatial"]
         found = run_decoder_probes(loaded, probe_questions(args.probe), test, log)
-        layers = len(found["answer (yes/no)"])
+        layers = len(found[("end", "answer (yes/no)")])
         print(f"\nLinear probes of the decoder's residual stream ({loaded.info.model_id}, {loaded.info.revision}; "
               f"trained on {args.probe} spatial questions about pictures from seed {PROBE_SEED} up, tested on the "
-              f"{len(test)} evaluation questions). Answer from the wording alone: {100 * found['wording']:.1f}%.\n")  # fmt: skip
-        print("| after layer | " + " | ".join(PROBE_POSITIONS) + " |")
-        print("|---|" + "---|" * len(PROBE_POSITIONS))
-        for layer in range(layers):
-            name = "embeddings" if layer == 0 else str(layer)
-            print(f"| {name} | " + " | ".join(f"{100 * found[p][layer]:.1f}%" for p in PROBE_POSITIONS) + " |")
+              f"{len(test)} evaluation questions). Answer from the wording alone: {100 * found['wording']:.1f}%.")  # fmt: skip
+        for position, labels in POSITIONS.items():
+            print(f"\nAt {POSITION_NAMES[position]}:\n")
+            print("| after layer | " + " | ".join(labels) + " |")
+            print("|---|" + "---|" * len(labels))
+            for layer in range(layers):
+                name = "embeddings" if layer == 0 else str(layer)
+                print(f"| {name} | " + " | ".join(f"{100 * found[(position, p)][layer]:.1f}%" for p in labels) + " |")
 
 
 if __name__ == "__main__":

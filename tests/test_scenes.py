@@ -226,11 +226,13 @@ def test_the_spatial_probe_reads_each_label_at_its_own_token():
     train = diagnosis.probe_questions(160)
     test = [(s.seed, s.question) for s in scenes.evaluation_questions() if s.question.type == "spatial"][:80]
     found = diagnosis.run_decoder_probes(None, train, test, lambda message: None)
-    for probe in ("first object: left/right", "first object: top/bottom", "second object: left/right",
-                  "second object: top/bottom"):  # fmt: skip
-        assert min(found[probe]) > 0.95, probe
-    answer = found["answer (yes/no)"]
-    assert max(answer[:2]) < 0.7 and min(answer[2:]) > 0.95
+    first, second = ("first object: left/right", "first object: top/bottom"), ("second object: left/right", "second object: top/bottom")
+    for position, label in [("first", p) for p in first] + [("second", p) for p in second]:
+        assert min(found[(position, label)]) > 0.95, (position, label)
+    for position, label in [("second", p) for p in first] + [("end", p) for p in first + second]:
+        assert max(found[(position, label)]) < 0.75, (position, label)  # written elsewhere only
+    answer = found[("end", "answer (yes/no)")]
+    assert max(answer[:2]) < 0.75 and min(answer[2:]) > 0.95
     assert 0.3 < found["wording"] < 0.7  # yes and no are balanced per relation
 
 
