@@ -2,7 +2,7 @@
 and (`--probe N`) linear probes of the default model's decoder on the spatial questions.
 
     python benchmarks/spatial_diagnosis.py benchmarks/results/eval-scenes-full-cpu.json
-    python benchmarks/spatial_diagnosis.py benchmarks/results/eval-scenes-full-cpu.json --probe 1200
+    python benchmarks/spatial_diagnosis.py benchmarks/results/eval-scenes-full-cpu.json --probe 1000
 
 "Describe the picture" answers list the objects left to right (scenes.describe, the training
 target). For every pair of objects named in a description (colour and shape, each pair unique in
@@ -17,8 +17,8 @@ objects of each picture from scenes.py; nothing is run.
 
 `--probe N` asks where in the decoder the spatial question is lost. The visual tokens carry where
 each object is (benchmarks/size_diagnosis.py: a linear probe reads an object's side of the
-picture 99-100% of the time), so the decoder has three steps to take: find the first named object
-and read its place, the same for the second, and compare. The default model, exactly as `tokentrim
+picture 99-100% of the time), so the decoder has these steps to take: find the first named object
+and read its place, the same for the second, bring both places to where it answers, and compare. The default model, exactly as `tokentrim
 eval` loads and prompts it, reads each spatial question (the short-answer prompt, one picture, no
 trimming); from its residual stream after every layer, linear probes (size_diagnosis.fit_probe)
 read, at the last token of each object's name in the question, whether that object lies left or
@@ -28,8 +28,8 @@ answer is made) both places and the answer itself. Probes train on N spatial
 questions about pictures of their own seeds (PROBE_SEED up, one question each) and are tested on
 the evaluation set's spatial questions. The answer's probe is set beside the answer the wording
 alone predicts (each relation's majority answer in the probe's training questions): a probe that
-reads no more than that has found no comparison. Needs the carrier packages; about 0.5 s of
-decoder forward per question on 2 cores. Markdown on stdout.
+reads no more than that has found no comparison. Needs the carrier packages; about 0.7 s per
+question on 2 cores (15 minutes for --probe 1000). Markdown on stdout.
 """
 
 from __future__ import annotations
