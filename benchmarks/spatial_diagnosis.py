@@ -93,7 +93,8 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
 # ---- the decoder probes -------------------------------------------------------------------------
 
 PROBE_SEED = 975_000  # the probes' pictures: past size_diagnosis' (970,000 up), below TRAIN_SEED
-QUESTION = re.compile(r"Is the (.+?) (to the left of|to the right of|above|below) the (.+)\?")
+RELATION_WORDS = "|".join(re.escape(words) for words, _, _ in scenes.RELATIONS.values())
+QUESTION = re.compile(rf"Is the (.+?) ({RELATION_WORDS}) the (.+)\?")  # scenes._spatial's question
 
 
 def named_pair(question: scenes.Question, objects: list[scenes.SceneObject]):
@@ -103,23 +104,19 @@ def named_pair(question: scenes.Question, objects: list[scenes.SceneObject]):
     return names[first], first, names[second], second
 
 
-def side(o: scenes.SceneObject, axis: int) -> int | None:
-    """1 when the object's centre lies right of (below) the picture's middle, 0 left of (above) it,
-    None within RELATION_GAP of the middle line (as the training's position question)."""
-    where = o.x if axis == 0 else o.y
-    if abs(where - scenes.SIZE / 2) < scenes.RELATION_GAP:
-        return None
-    return int(where > scenes.SIZE / 2)
-
-
 def probe_labels(question: scenes.Question, objects: list[scenes.SceneObject]) -> dict[str, int | None]:
-    """What each probe should read for one question (None: not asked of this question)."""
+    """What each probe should read for one question (None: not asked of this question). An object's
+    side of the picture is size_diagnosis.attribute_label's (None within RELATION_GAP of the middle)."""
+    from size_diagnosis import attribute_label
+
     a, _, b, _ = named_pair(question, objects)
     return {
-        "first object: left/right": side(a, 0), "first object: top/bottom": side(a, 1),
-        "second object: left/right": side(b, 0), "second object: top/bottom": side(b, 1),
+        "first object: left/right": attribute_label(a, "left or right"),
+        "first object: top/bottom": attribute_label(a, "top or bottom"),
+        "second object: left/right": attribute_label(b, "left or right"),
+        "second object: top/bottom": attribute_label(b, "top or bottom"),
         "answer (yes/no)": int(question.answer == "yes"),
-    }  # fmt: skip
+    }
 
 
 # Where the probes read (the last token of the first object's name, of the second's, of the prompt)
@@ -169,9 +166,10 @@ def decoder_states(loaded, items: list[tuple[object, list[scenes.SceneObject], s
             where.append([found["first"], found["second"], found["end"]])
         inputs = prepare_batch(loaded, [([LoadedImage("scene", picture)], question.prompt) for picture, _, question in chunk])
         with torch.no_grad():
-            states = torch.stack(loaded.model(**inputs, output_hidden_states=True).hidden_states, dim=1)
-        at = torch.tensor(where) + states.shape[2]  # (chunk, 3) from the end -> from the start
-        rows.append(states[torch.arange(len(chunk))[:, None], :, at].transpose(1, 2).float())
+            states = loaded.model(**inputs, output_hidden_states=True).hidden_states
+        at = torch.tensor(where) + states[0].shape[1]  # (chunk, 3) from the end -> from the start
+        picked = [layer[torch.arange(len(chunk))[:, None], at] for layer in states]  # each (chunk, 3, hidden)
+        rows.append(torch.stack(picked, dim=1).float())
         if (start // batch_size + 1) % 10 == 0:
             log(f"{start + len(chunk)}/{len(items)} questions")
     return torch.cat(rows)

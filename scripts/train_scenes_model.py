@@ -90,8 +90,9 @@ def training_scene(seed: int, narrow_share: float, small_share: float = 0.0, few
     crowded picture a wrong guess of which tokens are the named object hides whether the model can
     compare two positions at all; two or three objects make that comparison the whole question
     (run 14: it did not help; benchmarks/spatial_diagnosis.py --probe then showed that the decoder
-    does find both named objects and their places, and fails at the comparison). Which pictures are changed, and how, follows from the seed alone; with every share 0
-    every picture is scenes.scene(seed)."""
+    does find both named objects and their places, and fails at the comparison). Which pictures
+    are changed, and how, follows from the seed alone; with every share 0 every picture is
+    scenes.scene(seed)."""
     choose = random.Random(f"narrow-{seed}")
     narrowed = choose.random() < narrow_share
     small = random.Random(f"small-{seed}").random() < small_share
