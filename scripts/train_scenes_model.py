@@ -28,6 +28,11 @@ position=N` adds a training-only question, where one named object lies in the pi
 spatial questions); `compare=N` another, which of two named objects is further left, right, up or
 down, answered with the object (`compare_question`, run 11). `--small-share` draws that share of
 the pictures with small objects alone (run 12), `--few-share` with two or three objects (run 14).
+`--train-from-layer K` trains only the adapter in decoder layers K and up (the projector and the
+lower layers' adapter stay as `--init` left them): backpropagation then stops at layer K, so a step
+costs less and a run takes more of them. Aimed at the spatial questions (run 16): the decoder
+probes (benchmarks/spatial_diagnosis.py --probe) read both objects' places at the answer's
+position from layer 17 on, so the missing comparison can only be made above it.
 
 The shipped weights (tokentrim_cli/scenes_model/: projector.safetensors, adapter.safetensors,
 adapter.json) are written at every checkpoint, so a run can stop at any time. The runs that produced
@@ -42,6 +47,7 @@ import argparse
 import json
 import math
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -476,6 +482,21 @@ def add_lora(model, rank: int, alpha: float):
     return model
 
 
+def stage_two_parameters(model, first_layer: int = 0) -> list[torch.nn.Parameter]:
+    """What stage 2 trains, made the only parameters that require gradients: the projector and the
+    whole adapter, or (`first_layer` > 0) the adapter of decoder layers `first_layer` and up alone,
+    so that no gradient flows below that layer. An empty list when the decoder has no such layer."""
+    chosen = [] if first_layer else list(model.model.multi_modal_projector.parameters())
+    for name, parameter in model.model.language_model.named_parameters():
+        if "lora_" in name and int(re.search(r"layers\.(\d+)\.", name).group(1)) >= first_layer:
+            chosen.append(parameter)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for parameter in chosen:
+        parameter.requires_grad_(True)
+    return chosen
+
+
 def run_stage(model, processor, params, *, steps, lr, args, offset, log, questions, out, started) -> int:
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     warmup = min(50, steps // 10 + 1)
@@ -537,6 +558,8 @@ def main() -> None:
     parser.add_argument("--distinct", action="store_true", help="no question twice in one training sequence")
     parser.add_argument("--projector-lr", type=float, default=1e-3)
     parser.add_argument("--lora-lr", type=float, default=3e-4)
+    parser.add_argument("--train-from-layer", type=int, default=0,
+                        help="stage 2 trains only the adapter of decoder layers this and up; the projector stays")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--alpha", type=float, default=32.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -548,6 +571,8 @@ def main() -> None:
     parser.add_argument("--holdout", type=int, default=70)
     parser.add_argument("--log", type=Path, default=None)
     args = parser.parse_args()
+    if args.train_from_layer and (args.projector_steps or args.align_images):
+        parser.error("--train-from-layer keeps the projector as it is: it cannot go with --projector-steps or --align-images")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -563,14 +588,13 @@ def main() -> None:
 
     log(f"arguments: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
     model, processor = assembly.build_base(log, seed=args.seed)
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
     add_lora(model, args.rank, args.alpha)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)  # PEFT made every adapter trainable; each stage picks its own
     if args.init:
         load_trained(model, args.init)
         log(f"initialised from {args.init}")
     projector = list(model.model.multi_modal_projector.parameters())
-    lora = [p for n, p in model.model.language_model.named_parameters() if "lora_" in n]
     questions = holdout_questions(args.holdout)
     offset = args.seed_offset
     if args.align_images:
@@ -584,10 +608,12 @@ def main() -> None:
         offset = run_stage(model, processor, projector, steps=args.projector_steps, lr=args.projector_lr, args=args,
                            offset=offset, log=log, questions=questions, out=args.out, started=started)  # fmt: skip
     if args.lora_steps:
-        for p in projector + lora:
-            p.requires_grad_(True)
-        log(f"stage 2: projector + LoRA ({sum(p.numel() for p in projector + lora):,} parameters), {args.lora_steps} steps")
-        offset = run_stage(model, processor, projector + lora, steps=args.lora_steps, lr=args.lora_lr, args=args,
+        params = stage_two_parameters(model, args.train_from_layer)
+        if not params:
+            parser.error(f"--train-from-layer {args.train_from_layer}: the decoder has no layer that high")
+        trained = f"LoRA of layers {args.train_from_layer} and up" if args.train_from_layer else "projector + LoRA"
+        log(f"stage 2: {trained} ({sum(p.numel() for p in params):,} parameters), {args.lora_steps} steps")
+        offset = run_stage(model, processor, params, steps=args.lora_steps, lr=args.lora_lr, args=args,
                            offset=offset, log=log, questions=questions, out=args.out, started=started)  # fmt: skip
     log(f"done in {(time.time() - started) / 60:.1f} min; next --seed-offset {offset}")
 

@@ -140,6 +140,42 @@ def test_a_run_can_widen_the_adapter_it_continues(tmp_path):
         train_scenes.load_trained(with_lora(2, 4.0), tmp_path / "r4")
 
 
+def test_training_from_a_layer_up_stops_the_gradients_there():
+    """--train-from-layer K: only the adapter of layers K and up trains; the projector and the lower
+    layers' adapter get no gradient (backpropagation stops at layer K); K = 0 trains the projector
+    and the whole adapter, and a K past the last layer trains nothing."""
+    import torch
+
+    train_scenes = pytest.importorskip("train_scenes_model")
+    pytest.importorskip("peft")
+    from tokentrim_cli.model import build_random
+
+    model, _ = build_random("tiny", seed=0)
+    train_scenes.add_lora(model, 4, 8.0)
+    layers = model.config.text_config.num_hidden_layers
+    names = {id(p): n for n, p in model.named_parameters()}
+    everything = train_scenes.stage_two_parameters(model, 0)
+    assert {names[id(p)] for p in everything} == {n for n, _ in model.named_parameters() if "lora_" in n or "multi_modal_projector" in n}
+    assert train_scenes.stage_two_parameters(model, layers) == []
+    first = layers - 1
+    chosen = train_scenes.stage_two_parameters(model, first)
+    assert chosen and all(f"layers.{first}." in names[id(p)] and "lora_" in names[id(p)] for p in chosen)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:  # B starts at zero, and then A's gradient would be zero too
+                parameter.normal_(0, 0.1)
+    pixels = torch.randn(1, 3, model.config.vision_config.image_size, model.config.vision_config.image_size)
+    image_token = model.config.image_token_id
+    tokens = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    ids = torch.tensor([[1] + [image_token] * (tokens * tokens) + [5, 6, 7]])
+    model(input_ids=ids, pixel_values=pixels).logits[0, -1].sum().backward()
+    for name, parameter in model.named_parameters():
+        trained = any(parameter is p for p in chosen)
+        assert (parameter.grad is not None) == trained, name
+        if trained:
+            assert parameter.grad.abs().sum() > 0, name
+
+
 def test_a_log_started_on_another_day_gets_its_own_date():
     record = pytest.importorskip("record_training")
     assert record.log_dates(["run12.log=2026-12-02"], ["run11.log", "run12.log"]) == {"run12.log": "2026-12-02"}
