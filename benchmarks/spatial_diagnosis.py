@@ -94,7 +94,7 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
 
 PROBE_SEED = 975_000  # the probes' pictures: past size_diagnosis' (970,000 up), below TRAIN_SEED
 RELATION_WORDS = "|".join(re.escape(words) for words, _, _ in scenes.RELATIONS.values())
-QUESTION = re.compile(rf"Is the (.+?) ({RELATION_WORDS}) the (.+)\?")  # scenes._spatial's question
+QUESTION = re.compile(rf"Is the (.+?) ({RELATION_WORDS}) the (.+)\?")  # scenes.spatial_question's
 
 
 def named_pair(question: scenes.Question, objects: list[scenes.SceneObject]):

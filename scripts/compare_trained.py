@@ -16,6 +16,11 @@ at the top or bottom), a spatial question and the training-only comparison
 down), and reports the accuracy of each: whether the weights can tell where one object is, whether
 they can compare two when asked for the object, and when asked yes or no (20 spatial questions in
 the rule's 140 move by 5 points per answer). It is a diagnostic, not part of the rule.
+
+`--spatial N` asks one spatial question per relation on each of N held-out pictures (PROBE_SEED up,
+drawn apart from the position probe's) and reports the accuracy per relation (left of, right of, above,
+below): whether weights trained on some relations (`train_scenes_model.py --relations`) answer
+those and not the others. Also a diagnostic.
 """
 
 from __future__ import annotations
@@ -71,16 +76,43 @@ def position_scores(model, processor, questions) -> dict:
     return {f"probe_{column}": f"{sum(v)}/{len(v)}" for column, v in right.items()}
 
 
+def relation_questions(count: int) -> list[tuple[int, str, scenes.Question]]:
+    """(seed, relation, question): on each of `count` pictures (PROBE_SEED up) one spatial question
+    per relation, where the picture allows one."""
+    out = []
+    for i in range(count):
+        seed = PROBE_SEED + i
+        objects, rng = scenes.scene_objects(seed), random.Random(f"relation-{seed}")
+        for relation in scenes.RELATIONS:
+            if (question := scenes.spatial_question(objects, rng, (relation,))) is not None:
+                out.append((seed, relation, question))
+    return out
+
+
+def relation_scores(model, processor, questions) -> dict:
+    model.eval()
+    right: dict[str, list[bool]] = {relation: [] for relation in scenes.RELATIONS}
+    pictures: dict[int, object] = {}
+    for seed, relation, question in questions:
+        if seed not in pictures:
+            pictures[seed] = scenes.scene(seed)[0]
+        answer = training.greedy_answer(model, processor, pictures[seed], question.prompt, max_new_tokens=6)
+        right[relation].append(scenes.normalize_short(answer) == question.answer)
+    return {f"spatial_{relation}": f"{sum(v)}/{len(v)}" for relation, v in right.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", type=Path, nargs="+")
     parser.add_argument("--questions", type=int, default=140)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--position", type=int, default=0, help="also probe position questions on this many pictures")
+    parser.add_argument("--spatial", type=int, default=0, help="also ask spatial questions on this many pictures, by relation")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     questions = training.holdout_questions(args.questions)
     probe = position_questions(args.position)
+    by_relation = relation_questions(args.spatial)
     model, processor = assembly.build_base(lambda message: None, seed=0)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -97,6 +129,8 @@ def main() -> None:
         scores = training.holdout_check(model, processor, questions) if questions else {}
         if args.position:
             scores |= position_scores(model, processor, probe)
+        if args.spatial:
+            scores |= relation_scores(model, processor, by_relation)
         print(json.dumps({"folder": str(folder), "questions": args.questions, **scores,
                           "minutes": round((time.time() - started) / 60, 1)}), flush=True)  # fmt: skip
 

@@ -41,6 +41,8 @@ def command(arguments: dict) -> str:
             continue
         if value.startswith("{"):  # --type-weights, logged as a dict: back to its command-line form
             value = ",".join(f"{kind}={weight:g}" for kind, weight in ast.literal_eval(value).items())
+        elif value.startswith("("):  # --relations, logged as a tuple
+            value = ",".join(ast.literal_eval(value))
         parts += [f"--{key.replace('_', '-')}", value]
     return " ".join(parts)
 

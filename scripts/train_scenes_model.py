@@ -28,6 +28,7 @@ position=N` adds a training-only question, where one named object lies in the pi
 spatial questions); `compare=N` another, which of two named objects is further left, right, up or
 down, answered with the object (`compare_question`, run 11). `--small-share` draws that share of
 the pictures with small objects alone (run 12), `--few-share` with two or three objects (run 14).
+`--relations left` asks the spatial questions about that relation alone (run 17).
 `--train-from-layer K` trains only the adapter in decoder layers K and up (the projector and the
 lower layers' adapter stay as `--init` left them): backpropagation then stops at layer K, so a step
 costs less and a run takes more of them. Aimed at the spatial questions (run 16): the decoder
@@ -80,6 +81,15 @@ def parse_type_weights(text: str) -> dict[str, float]:
 
 
 FEW_OBJECTS = (2, 3)  # --few-share pictures: the fewest and most objects
+
+
+def parse_relations(text: str) -> tuple[str, ...]:
+    """"left,above" -> ("left", "above"), in scenes.RELATIONS' order."""
+    asked = {word.strip() for word in text.split(",") if word.strip()}
+    unknown = asked - set(scenes.RELATIONS)
+    if unknown or not asked:
+        raise argparse.ArgumentTypeError(f"relations are some of {', '.join(scenes.RELATIONS)}; got {text!r}")
+    return tuple(r for r in scenes.RELATIONS if r in asked)
 
 
 def training_scene(seed: int, narrow_share: float, small_share: float = 0.0, few_share: float = 0.0):
@@ -166,10 +176,12 @@ TRAINING_ONLY = {"position": position_question, "compare": compare_question}
 def conversation(
     seed: int, turns: int, short_share: float, rng: random.Random, weights: dict[str, float],
     narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0, few_share: float = 0.0,
+    relations: tuple[str, ...] = tuple(scenes.RELATIONS),
 ):  # fmt: skip
     """(picture, messages) for one training sequence: `turns` questions about one scene. With
     `distinct`, a question already asked in the sequence is drawn again (up to 20 tries): a repeat's
-    answer can be copied from the earlier turn, so it teaches nothing about the picture."""
+    answer can be copied from the earlier turn, so it teaches nothing about the picture. The spatial
+    questions ask only about `relations` (all four draw as scenes.make_question does)."""
     image, objects = training_scene(seed, narrow_share, small_share, few_share)
     kinds = list(weights)
     messages = []
@@ -179,7 +191,12 @@ def conversation(
         tries = 0
         while question is None:
             kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
-            question = TRAINING_ONLY[kind](objects, rng) if kind in TRAINING_ONLY else scenes.make_question(kind, objects, rng)
+            if kind in TRAINING_ONLY:
+                question = TRAINING_ONLY[kind](objects, rng)
+            elif kind == "spatial":
+                question = scenes.spatial_question(objects, rng, relations)
+            else:
+                question = scenes.make_question(kind, objects, rng)
             tries += 1
             if distinct and question is not None and question.text in asked and tries < 20:
                 question = None
@@ -215,11 +232,12 @@ def answer_labels(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
 def make_batch(
     processor, seeds: list[int], turns: int, short_share: float, rng: random.Random, weights,
     narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0, few_share: float = 0.0,
+    relations: tuple[str, ...] = tuple(scenes.RELATIONS),
 ) -> dict:  # fmt: skip
     images, texts = [], []
     for seed in seeds:
         image, messages = conversation(seed, turns, short_share, rng, weights, narrow_share, distinct, small_share,
-                                       few_share)  # fmt: skip
+                                       few_share, relations)  # fmt: skip
         images.append(image)
         texts.append(processor.apply_chat_template(messages, add_generation_prompt=False))
     tokenizer = processor.tokenizer
@@ -514,7 +532,7 @@ def run_stage(model, processor, params, *, steps, lr, args, offset, log, questio
             break
         seeds = [scenes.TRAIN_SEED + offset + step * args.batch_size + i for i in range(args.batch_size)]
         batch = make_batch(processor, seeds, args.turns, args.short_share, rng, args.type_weights, args.narrow_share,
-                           args.distinct, args.small_share, args.few_share)  # fmt: skip
+                           args.distinct, args.small_share, args.few_share, args.relations)  # fmt: skip
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = answer_loss(model, batch)
         loss.backward()
@@ -555,6 +573,8 @@ def main() -> None:
                         help="share of training pictures with small objects alone (run 12)")
     parser.add_argument("--few-share", type=float, default=0.0,
                         help="share of training pictures with two or three objects (run 14)")
+    parser.add_argument("--relations", type=parse_relations, default=tuple(scenes.RELATIONS),
+                        help="the spatial questions ask only these, e.g. left (default: all four)")
     parser.add_argument("--distinct", action="store_true", help="no question twice in one training sequence")
     parser.add_argument("--projector-lr", type=float, default=1e-3)
     parser.add_argument("--lora-lr", type=float, default=3e-4)

@@ -248,6 +248,9 @@ def test_a_logged_question_mix_becomes_its_command_line_form():
     line = record.command({"out": "runs/b", "type_weights": logged})
     assert line.startswith("python scripts/train_scenes_model.py --out runs/b --type-weights count_color=5,count_shape=3,")
     assert train_scenes.parse_type_weights(line.split("--type-weights ")[1]) == train_scenes.parse_type_weights("count_color=5,spatial=6")
+    for relations in ("left", "right,below"):  # --relations, logged as a tuple
+        line = record.command({"relations": str(train_scenes.parse_relations(relations))})
+        assert line == f"python scripts/train_scenes_model.py --relations {relations}"
 
 
 def test_narrowed_training_scenes_make_counts_past_one_common():
@@ -412,3 +415,47 @@ def test_the_position_probe_draws_fixed_questions_off_every_other_seed_space():
     for seed, _ in first:
         assert scenes.EVAL_SEED + scenes.EVAL_PICTURES <= seed and scenes.CALIBRATION_SEED + 100 <= seed < scenes.TRAIN_SEED
         assert not train_scenes.HOLDOUT_SEED <= seed < train_scenes.HOLDOUT_SEED + 140
+
+
+def test_training_on_some_relations_asks_only_those_and_all_four_replay():
+    """--relations left: every spatial question in the training sequences asks "to the left of", with
+    right answers (recomputed from the object list here, with this test's own reading of the
+    question); all four relations draw exactly as scenes.make_question does."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    assert train_scenes.parse_relations("above, left") == ("left", "above")
+    for bad in ("lft", ""):
+        with pytest.raises(Exception, match="relations are some of"):
+            train_scenes.parse_relations(bad)
+    weights = train_scenes.parse_type_weights("count_color=0,count_shape=0,color=0,shape=0,exist=0,describe=0,spatial=1")
+    answers = []
+    for seed in range(40):
+        _, messages = train_scenes.conversation(seed, 4, 1.0, random.Random(seed), weights, relations=("left",))
+        objects = scenes.scene_objects(seed)  # the picture conversation() drew (no share given)
+        names = {name: o for o, name in scenes.named_objects(objects)}
+        for ask, reply in zip(messages[::2], messages[1::2]):
+            text = ask["content"][-1]["text"].split("\n")[0]
+            first, second = text.removeprefix("Is the ").removesuffix("?").split(" to the left of the ")
+            a, b = names[first], names[second]
+            assert abs(a.x - b.x) >= scenes.RELATION_GAP
+            answers.append(reply["content"][0]["text"])
+            assert answers[-1] == ("yes" if a.x < b.x else "no"), text
+    assert 0.3 < answers.count("yes") / len(answers) < 0.7
+    for seed in range(30):  # the default: the same questions as before the option existed
+        objects = scenes.scene_objects(seed)
+        assert scenes.spatial_question(objects, random.Random(seed)) == scenes.make_question("spatial", objects, random.Random(seed))
+
+
+def test_the_relation_probe_asks_each_relation_on_held_out_pictures():
+    train_scenes = pytest.importorskip("train_scenes_model")
+    compare = pytest.importorskip("compare_trained")
+    from tokentrim_cli import scenes
+
+    questions = compare.relation_questions(20)
+    assert {r for _, r, _ in questions} == set(scenes.RELATIONS)
+    for seed, relation, question in questions:
+        assert f" {scenes.RELATIONS[relation][0]} the " in question.text
+        assert not train_scenes.HOLDOUT_SEED <= seed < train_scenes.HOLDOUT_SEED + 1000
+        assert seed >= scenes.EVAL_SEED + scenes.EVAL_PICTURES and seed < scenes.TRAIN_SEED
+    assert [(s, q.text) for s, _, q in questions] == [(s, q.text) for s, _, q in compare.relation_questions(20)]

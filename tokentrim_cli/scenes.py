@@ -243,7 +243,7 @@ def make_question(kind: str, objects: list[SceneObject], rng: random.Random) -> 
     if kind == "exist":
         return _existence(objects, rng)
     if kind == "spatial":
-        return _spatial(objects, rng)
+        return spatial_question(objects, rng)
     raise ValueError(f"unknown question type {kind!r}")
 
 
@@ -295,9 +295,12 @@ def relation_holds(a: SceneObject, b: SceneObject, relation: str) -> bool | None
     return delta * sign > 0
 
 
-def _spatial(objects, rng: random.Random) -> Question | None:
+def spatial_question(objects, rng: random.Random, relations: tuple[str, ...] = tuple(RELATIONS)) -> Question | None:
+    """"Is the red star to the left of the blue cross?" about two uniquely named objects whose
+    centres are clearly apart along the relation's axis, yes and no equally often. `relations`
+    narrows the relations asked (training only); all four draw as make_question does."""
     named = named_objects(objects)
-    options = [(a, na, b, nb, rel) for a, na in named for b, nb in named if a is not b for rel in RELATIONS
+    options = [(a, na, b, nb, rel) for a, na in named for b, nb in named if a is not b for rel in relations
                if relation_holds(a, b, rel) is not None]  # fmt: skip
     if not options:
         return None
