@@ -13,7 +13,8 @@ spatial questions' accuracy per relation and how often each was answered "yes" (
 balanced: chance answers sit near 50%, a "yes" share far from 50% is a prior on the wording).
 
 Reads the predictions and sample ids of each profile (eval's JSON keeps both) and rebuilds the
-objects of each picture from scenes.py; nothing is run.
+objects of each picture from scenes.py; nothing is run. Below the table, how far knowing only which
+half of the picture each object lies in would go (`halves_bound`).
 
 `--probe N` asks where in the decoder the spatial question is lost. The visual tokens carry where
 each object is (benchmarks/size_diagnosis.py: a linear probe reads an object's side of the
@@ -88,6 +89,23 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
             counts[1] += 1
             counts[2] += said == "yes"
     return {"describe_order": (in_order, out_of_order), "spatial": spatial}
+
+
+def halves_bound(samples: list[scenes.SceneSample]) -> tuple[float, int]:
+    """(expected accuracy, questions) of an answerer that knows only which half of the picture
+    (along the relation's axis) each named object lies in: right whenever the two lie in different
+    halves, a coin toss when they share one. What reading places as coarsely as the decoder probes
+    below do could reach, were the comparison made."""
+    expected, asked = 0.0, 0
+    for sample in samples:
+        if sample.question.type != "spatial":
+            continue
+        a, _, b, _ = named_pair(sample.question, scenes.scene_objects(sample.seed))
+        axis = scenes.RELATIONS[relation_of(sample.question)][1]
+        where = (a.x, b.x) if axis == 0 else (a.y, b.y)
+        expected += 1.0 if (where[0] < scenes.SIZE / 2) != (where[1] < scenes.SIZE / 2) else 0.5
+        asked += 1
+    return expected / max(asked, 1), asked
 
 
 # ---- the decoder probes -------------------------------------------------------------------------
@@ -251,6 +269,9 @@ def main() -> None:
             right, asked, yes = found["spatial"][relation]
             cells.append(f"{100 * right / max(asked, 1):.0f}% of {asked} ({100 * yes / max(asked, 1):.0f}% yes)")
         print(f"| {profile['profile']} | " + " | ".join(cells) + " |")
+    bound, asked = halves_bound(samples)
+    print(f"\nKnowing only which half of the picture each named object lies in (along the relation's axis) "
+          f"answers {100 * bound:.1f}% of the {asked} spatial questions (a coin toss when both share a half).")
 
     if args.probe:
         import torch

@@ -199,6 +199,27 @@ def test_the_spatial_diagnosis_counts_order_and_answers_by_hand():
     assert sum(asked for _, asked, _ in found["spatial"].values()) == len(spatial)
 
 
+def test_the_halves_bound_by_hand(monkeypatch):
+    """Objects in different halves along the relation's axis: always right; in the same half: a coin
+    toss. Three made-up questions: (1 + 0.5 + 1) / 3; a describe question does not count."""
+    diagnosis = _benchmark_module("spatial_diagnosis")
+    star = lambda x, y: scenes.SceneObject("star", "red", "large", x, y, 30.0)  # noqa: E731
+    cross = lambda x, y: scenes.SceneObject("cross", "blue", "large", x, y, 30.0)  # noqa: E731
+    pictures = {1: [star(60, 60), cross(300, 80)],  # left / right halves
+                2: [star(60, 60), cross(140, 300)],  # both in the left half; top and bottom
+                3: [star(60, 60), cross(140, 300)]}  # fmt: skip
+    monkeypatch.setattr(scenes, "scene_objects", lambda seed: pictures[seed])
+
+    def ask(seed, words):
+        question = scenes.Question("spatial", f"Is the red star {words} the blue cross?", "yes", "")
+        return scenes.SceneSample(seed, question)
+
+    samples = [ask(1, "to the right of"), ask(2, "to the left of"), ask(3, "below"),
+               scenes.SceneSample(1, scenes.Question("describe", "Describe.", "", ""))]  # fmt: skip
+    bound, asked = diagnosis.halves_bound(samples)
+    assert asked == 3 and bound == pytest.approx(2.5 / 3)
+
+
 def test_the_spatial_probe_reads_each_label_at_its_own_token():
     """spatial_diagnosis --probe on made-up decoder states: each object's place is written only at
     its own name's token, the answer only at the prompt's last token and only from layer 2 on. The
