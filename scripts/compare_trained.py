@@ -17,10 +17,10 @@ down), and reports the accuracy of each: whether the weights can tell where one 
 they can compare two when asked for the object, and when asked yes or no (20 spatial questions in
 the rule's 140 move by 5 points per answer). It is a diagnostic, not part of the rule.
 
-`--spatial N` asks one spatial question per relation on each of N held-out pictures (PROBE_SEED up,
-drawn apart from the position probe's) and reports the accuracy per relation (left of, right of, above,
-below): whether weights trained on some relations (`train_scenes_model.py --relations`) answer
-those and not the others. Also a diagnostic.
+`--spatial N` asks one spatial question per relation on each of N held-out pictures (PROBE_SEED
+up, drawn apart from the position probe's) and reports the accuracy per relation (left of, right
+of, above, below): whether weights trained on some relations (`train_scenes_model.py
+--relations`) answer those and not the others. Also a diagnostic.
 """
 
 from __future__ import annotations
