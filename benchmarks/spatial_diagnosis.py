@@ -44,6 +44,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from size_diagnosis import attribute_label, fit_probe  # noqa: E402  (beside this script; imports no torch)
+
 from tokentrim_cli import scenes  # noqa: E402
 from tokentrim_cli.benchmarks import scenes_question  # noqa: E402
 
@@ -125,8 +127,6 @@ def named_pair(question: scenes.Question, objects: list[scenes.SceneObject]):
 def probe_labels(question: scenes.Question, objects: list[scenes.SceneObject]) -> dict[str, int | None]:
     """What each probe should read for one question (None: not asked of this question). An object's
     side of the picture is size_diagnosis.attribute_label's (None within RELATION_GAP of the middle)."""
-    from size_diagnosis import attribute_label
-
     a, _, b, _ = named_pair(question, objects)
     return {
         "first object: left/right": attribute_label(a, "left or right"),
@@ -219,7 +219,6 @@ def run_decoder_probes(loaded, train: list[tuple[int, scenes.Question]], test: l
     """{(position, label): [accuracy after the embeddings, after layer 1, ...]} on `test`, plus
     "wording"."""
     import torch
-    from size_diagnosis import fit_probe
 
     def states_and_labels(pairs):
         items = [(*scenes.scene(seed), question) for seed, question in pairs]

@@ -63,17 +63,25 @@ def position_questions(count: int) -> list[tuple[int, scenes.Question]]:
     return out
 
 
-def position_scores(model, processor, questions) -> dict:
+def greedy_scores(model, processor, asked: list[tuple[int, str, scenes.Question]], columns) -> dict[str, str]:
+    """{column: "right/asked"} for (picture seed, column, question) triples, each answered greedily
+    (a picture with several questions is drawn once)."""
     model.eval()
-    right: dict[str, list[bool]] = {"position_left_right": [], "position_top_bottom": [], "spatial": [], "compare": []}
-    pictures: dict[int, object] = {}  # a picture has up to three questions: drawn once
-    for seed, question in questions:
+    right: dict[str, list[bool]] = {column: [] for column in columns}
+    pictures: dict[int, object] = {}
+    for seed, column, question in asked:
         if seed not in pictures:
             pictures[seed] = scenes.scene(seed)[0]
         answer = training.greedy_answer(model, processor, pictures[seed], question.prompt, max_new_tokens=6)
-        column = question.type if question.type in ("spatial", "compare") else PROBE_COLUMNS[question.answer]
         right[column].append(scenes.normalize_short(answer) == question.answer)
-    return {f"probe_{column}": f"{sum(v)}/{len(v)}" for column, v in right.items()}
+    return {column: f"{sum(v)}/{len(v)}" for column, v in right.items()}
+
+
+def position_scores(model, processor, questions) -> dict:
+    asked = [(seed, question.type if question.type in ("spatial", "compare") else PROBE_COLUMNS[question.answer], question)
+             for seed, question in questions]  # fmt: skip
+    columns = ("position_left_right", "position_top_bottom", "spatial", "compare")
+    return {f"probe_{c}": v for c, v in greedy_scores(model, processor, asked, columns).items()}
 
 
 def relation_questions(count: int) -> list[tuple[int, str, scenes.Question]]:
@@ -90,15 +98,7 @@ def relation_questions(count: int) -> list[tuple[int, str, scenes.Question]]:
 
 
 def relation_scores(model, processor, questions) -> dict:
-    model.eval()
-    right: dict[str, list[bool]] = {relation: [] for relation in scenes.RELATIONS}
-    pictures: dict[int, object] = {}
-    for seed, relation, question in questions:
-        if seed not in pictures:
-            pictures[seed] = scenes.scene(seed)[0]
-        answer = training.greedy_answer(model, processor, pictures[seed], question.prompt, max_new_tokens=6)
-        right[relation].append(scenes.normalize_short(answer) == question.answer)
-    return {f"spatial_{relation}": f"{sum(v)}/{len(v)}" for relation, v in right.items()}
+    return {f"spatial_{c}": v for c, v in greedy_scores(model, processor, questions, scenes.RELATIONS).items()}
 
 
 def main() -> None:
