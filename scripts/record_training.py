@@ -10,6 +10,8 @@ stopped (a log's times carry no day: `--date`, and `--log-date` for a log starte
 another day). The versions are this environment's (run the script in the environment that trained).
 `--not-adopted` logs are runs whose weights were compared on held-out pictures and not shipped:
 recorded apart ("not_adopted"), outside the shipped weights' runs and minutes.
+`--append` keeps the entries already in `--output` and adds these logs after them (the logs of
+earlier sessions' runs are not kept; training.json is their record).
 """
 
 from __future__ import annotations
@@ -106,6 +108,17 @@ def log_dates(pairs: list[str], names: list[str]) -> dict[str, str]:
     return dates
 
 
+def appended(previous: dict, runs: list[dict], not_adopted: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The runs and not-adopted runs of an earlier record followed by the new ones; a log already
+    recorded is an error (appending twice would count its minutes twice)."""
+    old_runs, old_not_adopted = previous.get("runs", []), previous.get("not_adopted", [])
+    recorded = {entry["log"] for entry in [*old_runs, *old_not_adopted]}
+    for entry in [*runs, *not_adopted]:
+        if entry["log"] in recorded:
+            raise SystemExit(f"{entry['log']} is already recorded in the training record")
+    return old_runs + runs, old_not_adopted + not_adopted
+
+
 def versions() -> dict:
     import peft
     import torch
@@ -117,19 +130,23 @@ def versions() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("logs", type=Path, nargs="+")
+    parser.add_argument("logs", type=Path, nargs="*", help="logs of the runs that produced the shipped weights")
     parser.add_argument("--date", required=True, help="the day the runs started (YYYY-MM-DD)")
     parser.add_argument("--log-date", action="append", default=[], metavar="LOG=DATE",
                         help="a log (by file name) that started on another day than --date; repeatable")
     parser.add_argument("--not-adopted", type=Path, nargs="*", default=[], help="logs of runs whose weights were not shipped")
     parser.add_argument("--output", type=Path, default=Path("tokentrim_cli/scenes_model/training.json"))
+    parser.add_argument("--append", action="store_true", help="keep the runs already in --output and add these after them")
     args = parser.parse_args()
     dates = log_dates(args.log_date, [log.name for log in [*args.logs, *args.not_adopted]])
 
     def entries(logs: list[Path]) -> list[dict]:
         return [parse(log) | {"date": dates.get(log.name, args.date)} for log in logs]
 
-    runs = entries(args.logs)
+    previous = json.loads(args.output.read_text(encoding="utf-8")) if args.append else {}
+    runs, not_adopted = appended(previous, entries(args.logs), entries(args.not_adopted))
+    if not runs:
+        raise SystemExit("no runs: give the logs of the runs that produced the shipped weights (or --append)")
     document = {
         "model": "builtin:scenes",
         "script": "scripts/train_scenes_model.py",
@@ -138,8 +155,8 @@ def main() -> None:
         "versions": versions(),
         "note": "Runs are listed oldest first; a run with --init continued from the previous one's weights.",
     }
-    if args.not_adopted:
-        document["not_adopted"] = entries(args.not_adopted)
+    if not_adopted:
+        document["not_adopted"] = not_adopted
         document["not_adopted_note"] = ("Runs compared on held-out pictures (scripts/compare_trained.py) and not "
                                         "shipped; their weights are not in the package. See the model card.")  # fmt: skip
     args.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

@@ -185,6 +185,17 @@ def test_a_log_started_on_another_day_gets_its_own_date():
         record.log_dates(["run12.log=12/02"], ["run12.log"])
 
 
+def test_appending_keeps_the_earlier_record_and_refuses_a_log_twice():
+    record = pytest.importorskip("record_training")
+    earlier = {"runs": [{"log": "run2.log", "minutes": 30.0}], "not_adopted": [{"log": "run8.log", "minutes": 40.0}]}
+    runs, not_adopted = record.appended(earlier, [{"log": "run20.log", "minutes": 27.0}], [{"log": "run19.log", "minutes": 33.0}])
+    assert [r["log"] for r in runs] == ["run2.log", "run20.log"]
+    assert [r["log"] for r in not_adopted] == ["run8.log", "run19.log"]
+    assert record.appended({}, [{"log": "run2.log"}], []) == ([{"log": "run2.log"}], [])
+    with pytest.raises(SystemExit, match="run8.log is already recorded"):
+        record.appended(earlier, [{"log": "run8.log"}], [])
+
+
 def test_a_logged_flag_becomes_a_flag_in_the_rebuilt_command():
     record = pytest.importorskip("record_training")
     logged = {"out": "runs/b", "distinct": "True", "init": "None", "type_weights": "{'spatial': 10.0, 'position': 6.0}"}
