@@ -13,6 +13,7 @@ import subprocess
 import pexpect
 import pytest
 from images import good_png
+from terminal import spawn_chat
 from typer.testing import CliRunner
 
 from tokentrim_cli.cli import app
@@ -262,9 +263,7 @@ def test_aliases_threads_and_an_image_from_stdin(tmp_path):
 
 @pytest.fixture
 def repl(tmp_path):
-    env = dict(os.environ, TOKENTRIM_HISTORY=str(tmp_path / "history"), NO_COLOR="1", COLUMNS="200", TERM="dumb")
-    child = pexpect.spawn(shutil.which("tokentrim"), ["chat", "-m", "random:tiny", "--max-new-tokens", "3"], cwd=str(tmp_path),
-                          env=env, encoding="utf-8", timeout=60, dimensions=(50, 200))  # fmt: skip
+    child = spawn_chat(tmp_path, max_new_tokens=3)
     child.expect_exact(">>> ")
     yield child, tmp_path
     child.close(force=True)

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import pexpect
 import pytest
 from images import good_png
+from terminal import spawn_chat
 
 PROMPT = ">>> "
 
 
 @pytest.fixture
 def session(tmp_path):
-    executable = shutil.which("tokentrim") or pytest.fail("the tokentrim console script is not installed")
-    env = dict(os.environ, TOKENTRIM_HISTORY=str(tmp_path / "history"), NO_COLOR="1", COLUMNS="200", TERM="dumb")
-    child = pexpect.spawn(
-        executable, ["chat", "-m", "random:tiny", "--max-new-tokens", "5"],
-        cwd=str(tmp_path), env=env, encoding="utf-8", timeout=60, dimensions=(50, 200),
-    )  # fmt: skip
+    child = spawn_chat(tmp_path, max_new_tokens=5)
     child.logfile_read = transcript = _Transcript()
     yield child, transcript, tmp_path
     child.close(force=True)
