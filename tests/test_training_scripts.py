@@ -470,3 +470,26 @@ def test_the_relation_probe_asks_each_relation_on_held_out_pictures():
         assert not train_scenes.HOLDOUT_SEED <= seed < train_scenes.HOLDOUT_SEED + 1000
         assert seed >= scenes.EVAL_SEED + scenes.EVAL_PICTURES and seed < scenes.TRAIN_SEED
     assert [(s, q.text) for s, _, q in questions] == [(s, q.text) for s, _, q in compare.relation_questions(20)]
+
+
+def test_bf16_training_is_refused_on_a_cpu_that_emulates_it(monkeypatch):
+    train_scenes = pytest.importorskip("train_scenes_model")
+    import platform
+
+    import torch
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    for feature in ("avx512", "avx512_bf16", "amx_tile", "amx_fp16"):  # AVX2 alone
+        monkeypatch.setattr(torch.cpu, f"_is_{feature}_supported", lambda: False)
+    with pytest.raises(SystemExit, match="no native bfloat16 arithmetic .*: use --precision fp32"):
+        train_scenes.check_precision("bf16")
+    train_scenes.check_precision("fp32")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # the CPU the shipped weights trained on
+    train_scenes.check_precision("bf16")
+
+    monkeypatch.setattr(train_scenes, "PRECISION", "fp32")
+    with train_scenes.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setattr(train_scenes, "PRECISION", "bf16")
+    with train_scenes.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16

@@ -40,8 +40,8 @@ def load_model(options: ModelOptions, *, quiet: bool):
             loaded = model_lib.load_llava(model_id, **kwargs)
     else:
         loaded = model_lib.load_llava(model_id, **kwargs)
+    info = loaded.info
     if show:
-        info = loaded.info
         quantized = f", {info.quantize} decoder" if info.quantize != "none" else ""
         err.print(
             f"Loaded {terminal_safe(info.model_id)} ({info.model_type}, {info.num_layers} layers, {info.dtype}{quantized}, "
@@ -50,6 +50,8 @@ def load_model(options: ModelOptions, *, quiet: bool):
         )
         if note := model_lib.model_note(info.model_id):
             err.print(f"Note: {note}", markup=False)
+    if warning := model_lib.slow_cpu_dtype_warning(info.dtype, info.device):
+        err.print(f"Warning: {warning}", markup=False)  # under --quiet too: it explains a slow run
     return loaded
 
 
