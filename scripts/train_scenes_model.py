@@ -10,8 +10,8 @@ SmolLM2-135M-Instruct. Stages:
    and 300 LoRA steps the held-out answers were still at chance;
 1. (`--projector-steps`) the projector alone through the frozen decoder, on the answers;
 2. the projector and a LoRA adapter on every linear layer of the decoder (`--lora-steps`, PEFT).
-The vision tower never trains. bf16 autocast (the CPU that trained the shipped weights had
-AMX-bf16), fp32 master weights, AdamW. `--precision fp32` trains without autocast, for a CPU with no
+The vision tower never trains. bf16 autocast (the CPU that trained the shipped weights computed
+bf16 natively), fp32 master weights, AdamW. `--precision fp32` trains without autocast, for a CPU with no
 native bf16 (AVX2 alone: there bf16 matmuls ran ~190x slower than fp32, and the script refuses bf16
 rather than run a recorded command that slowly).
 

@@ -484,7 +484,7 @@ def test_bf16_training_is_refused_on_a_cpu_that_emulates_it(monkeypatch):
     with pytest.raises(SystemExit, match="no native bfloat16 arithmetic .*: use --precision fp32"):
         train_scenes.check_precision("bf16")
     train_scenes.check_precision("fp32")
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # the CPU the shipped weights trained on
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # a CPU with AMX
     train_scenes.check_precision("bf16")
 
     monkeypatch.setattr(train_scenes, "PRECISION", "fp32")
