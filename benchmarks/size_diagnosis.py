@@ -274,7 +274,11 @@ def main() -> None:
     if args.probe:
         import torch
 
+        from tokentrim_cli.model import slow_cpu_dtype_warning
+
         torch.set_num_threads(args.threads)
+        if warning := slow_cpu_dtype_warning("bfloat16", "cpu"):  # the probes' features are computed in bf16
+            print(f"Warning: {warning}", file=sys.stderr)
         probes = run_probes(args.probe, args.weights, lambda message: print(f"<!-- {message} -->", file=sys.stderr))
         print(f"\nLinear probes ({args.probe} probe pictures, seeds {PROBE_SEED} up; tested on the evaluation "
               f"pictures' objects; weights {args.weights.name}):\n")  # fmt: skip

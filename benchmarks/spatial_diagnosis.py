@@ -275,9 +275,11 @@ def main() -> None:
     if args.probe:
         import torch
 
-        from tokentrim_cli.model import load_llava
+        from tokentrim_cli.model import load_llava, slow_cpu_dtype_warning
 
         torch.set_num_threads(args.threads)
+        if warning := slow_cpu_dtype_warning("bfloat16", "cpu"):  # the probes' recorded runs were bf16
+            print(f"Warning: {warning}", file=sys.stderr)
         log = lambda message: print(f"<!-- {message} -->", file=sys.stderr)  # noqa: E731
         loaded = load_llava("builtin:scenes", device="cpu", dtype="bfloat16")
         test = [(s.seed, s.question) for s in samples if s.question.type == "spatial"]

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tokentrim_cli import scenes  # noqa: E402
 from tokentrim_cli.engine import Trimmer, kv_lengths  # noqa: E402
 from tokentrim_cli.metrics import provenance  # noqa: E402
-from tokentrim_cli.model import load_llava  # noqa: E402
+from tokentrim_cli.model import load_llava, slow_cpu_dtype_warning  # noqa: E402
 from tokentrim_cli.profiles import load_profile  # noqa: E402
 
 ST3_STUDY_SEED = 800_000
@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "st3-floor-cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if warning := slow_cpu_dtype_warning(args.dtype, "cpu"):
+        print(f"Warning: {warning}", file=sys.stderr)
     loaded = load_llava(args.model, device="cpu", dtype=args.dtype)
     st3 = load_profile("st3")
     configurations = {"baseline": None, **{f"st3 floor={f:g}": dataclasses.replace(
