@@ -418,8 +418,8 @@ def align_projector(model, processor, args, log) -> None:
         losses = []
         for start in range(0, len(seeds), 16):
             index = order[start : start + 16]
-            with autocast():
-                projected = projector(features[index])
+            with autocast():  # features are stored in bf16; the fp32 cast is exact, and --precision fp32 needs it
+                projected = projector(features[index].float())
             projected = projected.float()
             error = (projected - targets[index].float()).pow(2).mean(-1) / scale  # ~1 for a zero output
             loss = (error * weights[index]).sum() / weights[index].sum()
@@ -442,7 +442,7 @@ def align_projector(model, processor, args, log) -> None:
     # How readable the visual tokens are: on the last 200 pictures' object patches, does the nearest
     # colour word (and shape word) by cosine name the object? (Trained on too: a fit check.)
     with torch.no_grad(), autocast():
-        projected = projector(features[-200:]).float()
+        projected = projector(features[-200:].float()).float()
     hits = {"colour": [], "shape": []}
     for n, scene_objects in enumerate(objects[-200:]):
         owner = patch_objects(scene_objects, grid, patch)

@@ -24,6 +24,7 @@ def test_profile_json_has_every_field_and_kv_bytes_agree(tmp_path):
     assert [row["name"] for row in document["rows"]] == ["stock", "baseline", "fastv"]
     for key in ("device_name", "torch", "transformers", "model"):
         assert key in document["provenance"]
+    assert document["provenance"]["cpu_capability"]  # "AVX2", "AVX512", ...: torch's CPU kernels
     assert document["provenance"]["model"]["attn_impl"] == "sdpa" and "FastV convention" in document["flops_formula"]
     rows = {row["name"]: row for row in document["rows"]}
     for row in rows.values():

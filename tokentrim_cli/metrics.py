@@ -113,6 +113,9 @@ def provenance(info=None) -> dict:
         "transformers": version("transformers"),
         "bitsandbytes": version("bitsandbytes"),
         "device_name": device_name,
+        # the vector unit torch's CPU kernels use (AVX2, AVX512, ...): CPU timings, and bf16's above
+        # all, differ by it between machines that print the same model name
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if info is not None:
         out["model"] = info.to_dict()
