@@ -493,3 +493,8 @@ def test_bf16_training_is_refused_on_a_cpu_that_emulates_it(monkeypatch):
     monkeypatch.setattr(train_scenes, "PRECISION", "bf16")
     with train_scenes.autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_no_held_out_questions_is_an_empty_check():
+    train_scenes = pytest.importorskip("train_scenes_model")
+    assert train_scenes.holdout_check(None, None, []) == {}  # --holdout 0: nothing asked, no model run
