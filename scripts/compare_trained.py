@@ -106,13 +106,11 @@ def main() -> None:
     parser.add_argument("folders", type=Path, nargs="+")
     parser.add_argument("--questions", type=int, default=140)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                        help="bf16 autocast (every recorded comparison) or fp32 (a CPU without native bf16)")
+    training.add_precision_option(parser)
     parser.add_argument("--position", type=int, default=0, help="also probe position questions on this many pictures")
     parser.add_argument("--spatial", type=int, default=0, help="also ask spatial questions on this many pictures, by relation")
     args = parser.parse_args()
-    training.check_precision(args.precision)
-    training.PRECISION = args.precision
+    training.use_precision(args.precision)
     torch.set_num_threads(args.threads)
     questions = training.holdout_questions(args.questions)
     probe = position_questions(args.position)

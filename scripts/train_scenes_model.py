@@ -64,8 +64,8 @@ sys.path.insert(0, str(ROOT))
 
 from tokentrim_cli import assembly, scenes  # noqa: E402
 
-# bf16 autocast everywhere the model runs (what every recorded run used); main() and
-# compare_trained.py set "fp32" for a CPU without native bf16 (--precision).
+# bf16 autocast everywhere the model runs (what every recorded run used); use_precision("fp32")
+# (--precision, here and in compare_trained.py) for a CPU without native bf16.
 PRECISION = "bf16"
 
 
@@ -73,13 +73,26 @@ def autocast():
     return torch.autocast("cpu", dtype=torch.bfloat16) if PRECISION == "bf16" else contextlib.nullcontext()
 
 
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                        help="bf16 autocast (every recorded run) or fp32 (a CPU without native bf16)")  # fmt: skip
+
+
 def check_precision(precision: str) -> None:
     """A one-line error for bf16 on a CPU that emulates it (hours instead of minutes)."""
-    from tokentrim_cli.model import slow_cpu_dtype_warning
+    from tokentrim_cli.model import cpu_lacks_native
 
-    if precision == "bf16" and (warning := slow_cpu_dtype_warning("bfloat16", "cpu")):
-        raise SystemExit(f"error: {warning.split(', so ')[0]}: use --precision fp32 "
-                         "(it does not reproduce the recorded bf16 runs bit for bit)")
+    if precision == "bf16" and (missing := cpu_lacks_native("bfloat16")):
+        raise SystemExit(f"error: this CPU has no native bfloat16 arithmetic (no {missing}): use --precision fp32 "
+                         "(it does not reproduce the recorded bf16 runs bit for bit)")  # fmt: skip
+
+
+def use_precision(precision: str) -> None:
+    """Check `precision` on this CPU, then run every later forward pass in it."""
+    global PRECISION
+    check_precision(precision)
+    PRECISION = precision
+
 
 HOLDOUT_SEED = 900_000  # held-out pictures for monitoring: neither training, evaluation nor calibration
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -609,8 +622,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seed-offset", type=int, default=0, help="first training picture (resumed runs draw new ones)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                        help="bf16 autocast (every recorded run) or fp32 (a CPU without native bf16)")
+    add_precision_option(parser)
     parser.add_argument("--minutes", type=float, default=None, help="stop (and save) after this long")
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--check-every", type=int, default=200)
@@ -619,9 +631,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.train_from_layer and (args.projector_steps or args.align_images):
         parser.error("--train-from-layer keeps the projector as it is: it cannot go with --projector-steps or --align-images")
-    check_precision(args.precision)
-    global PRECISION
-    PRECISION = args.precision
+    use_precision(args.precision)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -70,3 +70,17 @@ def tiny_next():
 @pytest.fixture(params=["tiny", "tiny_next"])
 def any_tiny(request):
     return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def fake_cpu(monkeypatch):
+    """fake_cpu(machine="x86_64", avx512_bf16=True, ...): this process's CPU as torch's private
+    feature checks report it (every feature not named is absent: AVX2 alone)."""
+    import platform
+
+    def fake(machine: str = "x86_64", **features: bool) -> None:
+        monkeypatch.setattr(platform, "machine", lambda: machine)
+        for feature in ("avx512", "avx512_bf16", "amx_tile", "amx_fp16"):
+            monkeypatch.setattr(torch.cpu, f"_is_{feature}_supported", lambda on=features.get(feature, False): on)
+
+    return fake

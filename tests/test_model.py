@@ -39,21 +39,10 @@ def test_tokenizer_ids_do_not_depend_on_the_process():
     assert len(outputs) == 1
 
 
-def _cpu(monkeypatch, machine="x86_64", **features):
-    """This process's CPU as torch would report it: `features` such as avx512_bf16=True."""
-    import platform
-
-    import torch
-
-    monkeypatch.setattr(platform, "machine", lambda: machine)
-    for feature in ("avx512", "avx512_bf16", "amx_tile", "amx_fp16"):
-        monkeypatch.setattr(torch.cpu, f"_is_{feature}_supported", lambda on=features.get(feature, False): on)
-
-
-def test_16_bit_floats_on_a_cpu_that_emulates_them_get_a_warning(monkeypatch):
+def test_16_bit_floats_on_a_cpu_that_emulates_them_get_a_warning(fake_cpu):
     from tokentrim_cli.model import slow_cpu_dtype_warning
 
-    _cpu(monkeypatch)  # AVX2 alone, as the 2-core EPYC where bfloat16 ran 190x slower than float32
+    fake_cpu()  # AVX2 alone, as the 2-core EPYC where bfloat16 ran 190x slower than float32
     assert "no native bfloat16 arithmetic (no AVX512-BF16 or AMX)" in slow_cpu_dtype_warning("bfloat16", "cpu")
     assert "no native float16 arithmetic (no AVX512)" in slow_cpu_dtype_warning("float16", "cpu")
     assert "--dtype" in slow_cpu_dtype_warning("bfloat16", "cpu,cuda:0")  # layers offloaded to the CPU
@@ -63,21 +52,21 @@ def test_16_bit_floats_on_a_cpu_that_emulates_them_get_a_warning(monkeypatch):
 
 @pytest.mark.parametrize("features, dtype", [({"avx512_bf16": True}, "bfloat16"), ({"amx_tile": True}, "bfloat16"),
                                              ({"avx512": True}, "float16"), ({"amx_fp16": True}, "float16")])  # fmt: skip
-def test_a_cpu_with_native_16_bit_arithmetic_gets_no_warning(monkeypatch, features, dtype):
+def test_a_cpu_with_native_16_bit_arithmetic_gets_no_warning(fake_cpu, features, dtype):
     from tokentrim_cli.model import slow_cpu_dtype_warning
 
-    _cpu(monkeypatch, **features)
+    fake_cpu(**features)
     assert slow_cpu_dtype_warning(dtype, "cpu") is None
-    _cpu(monkeypatch, machine="aarch64")  # no claim about CPUs torch's x86 checks do not describe
+    fake_cpu(machine="aarch64")  # no claim about CPUs torch's x86 checks do not describe
     assert slow_cpu_dtype_warning(dtype, "cpu") is None
 
 
-def test_the_cli_says_why_a_bfloat16_run_on_such_a_cpu_is_slow(monkeypatch):
+def test_the_cli_says_why_a_bfloat16_run_on_such_a_cpu_is_slow(fake_cpu):
     from typer.testing import CliRunner
 
     from tokentrim_cli.cli import app
 
-    _cpu(monkeypatch)
+    fake_cpu()
     args = ["chat", "-m", "random:tiny", "-p", "Hi", "-n", "2", "--quiet"]
     result = CliRunner().invoke(app, [*args, "--dtype", "bfloat16"])
     assert result.exit_code == 0, result.stderr

@@ -472,19 +472,15 @@ def test_the_relation_probe_asks_each_relation_on_held_out_pictures():
     assert [(s, q.text) for s, _, q in questions] == [(s, q.text) for s, _, q in compare.relation_questions(20)]
 
 
-def test_bf16_training_is_refused_on_a_cpu_that_emulates_it(monkeypatch):
+def test_bf16_training_is_refused_on_a_cpu_that_emulates_it(monkeypatch, fake_cpu):
     train_scenes = pytest.importorskip("train_scenes_model")
-    import platform
-
     import torch
 
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    for feature in ("avx512", "avx512_bf16", "amx_tile", "amx_fp16"):  # AVX2 alone
-        monkeypatch.setattr(torch.cpu, f"_is_{feature}_supported", lambda: False)
+    fake_cpu()  # AVX2 alone
     with pytest.raises(SystemExit, match="no native bfloat16 arithmetic .*: use --precision fp32"):
         train_scenes.check_precision("bf16")
     train_scenes.check_precision("fp32")
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # a CPU with AMX
+    fake_cpu(amx_tile=True)  # a CPU with AMX
     train_scenes.check_precision("bf16")
 
     monkeypatch.setattr(train_scenes, "PRECISION", "fp32")

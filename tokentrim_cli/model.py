@@ -267,14 +267,14 @@ def resolve_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
-def slow_cpu_dtype_warning(dtype: str, device: str) -> str | None:
-    """Why running a 16-bit dtype on this CPU will be slow, or None. An x86 CPU without AVX512-BF16
-    or AMX has no bfloat16 arithmetic (without AVX512, none for float16) and torch emulates it: on
-    a 2-core AVX2 EPYC, 2026-12-02, a 1024x1024 bfloat16 matmul ran at 0.9 GFLOP/s against 170 in
-    float32, and the default model's prefill took 8.3 s against 1.7 s. `device` is a device or a
-    comma-separated list of them (--device-map). None where the dtype runs natively, on other
-    architectures, and where torch cannot tell (no warning that cannot be checked)."""
-    if dtype not in ("bfloat16", "float16") or "cpu" not in device.split(","):
+def cpu_lacks_native(dtype: str) -> str | None:
+    """The CPU features whose absence makes this CPU emulate `dtype` ("AVX512-BF16 or AMX"), or None.
+    An x86 CPU without AVX512-BF16 or AMX has no bfloat16 arithmetic (without AVX512, none for
+    float16) and torch emulates it: on a 2-core AVX2 EPYC, 2026-12-02, a 1024x1024 bfloat16 matmul
+    ran at 0.9 GFLOP/s against 170 in float32, and the default model's prefill took 8.3 s against
+    1.7 s. None for other dtypes, where the dtype runs natively, on other architectures, and where
+    torch cannot tell (no claim that cannot be checked)."""
+    if dtype not in ("bfloat16", "float16"):
         return None
     import platform
 
@@ -288,13 +288,16 @@ def slow_cpu_dtype_warning(dtype: str, device: str) -> str | None:
         return check is None or bool(check())
 
     if dtype == "bfloat16":
-        if has("avx512_bf16") or has("amx_tile"):
-            return None
-        missing = "AVX512-BF16 or AMX"
-    else:
-        if has("avx512") or has("amx_fp16"):
-            return None
-        missing = "AVX512"
+        return None if has("avx512_bf16") or has("amx_tile") else "AVX512-BF16 or AMX"
+    return None if has("avx512") or has("amx_fp16") else "AVX512"
+
+
+def slow_cpu_dtype_warning(dtype: str, device: str) -> str | None:
+    """Why running `dtype` on `device` (a device, or a comma-separated list of them under
+    --device-map) will be slow, or None: the CPU takes part and emulates the dtype."""
+    missing = cpu_lacks_native(dtype) if "cpu" in device.split(",") else None
+    if missing is None:
+        return None
     return (f"this CPU has no native {dtype} arithmetic (no {missing}), so {dtype} runs several times slower than "
             f"float32 here; leave --dtype at auto (float32 on CPU)")  # fmt: skip
 
