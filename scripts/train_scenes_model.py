@@ -31,7 +31,8 @@ position=N` adds a training-only question, where one named object lies in the pi
 spatial questions); `compare=N` another, which of two named objects is further left, right, up or
 down, answered with the object (`compare_question`, run 11). `--small-share` draws that share of
 the pictures with small objects alone (run 12), `--few-share` with two or three objects (run 14).
-`--relations left` asks the spatial questions about that relation alone (run 17).
+`--relations left` asks the spatial questions about that relation alone (run 17);
+`--relations left,right,above=2,below=2` asks each relation that share of them.
 `--train-from-layer K` trains only the adapter in decoder layers K and up (the projector and the
 lower layers' adapter stay as `--init` left them): backpropagation then stops at layer K, so a step
 costs less and a run takes more of them. Aimed at the spatial questions (run 16): the decoder
@@ -117,13 +118,43 @@ def parse_type_weights(text: str) -> dict[str, float]:
 FEW_OBJECTS = (2, 3)  # --few-share pictures: the fewest and most objects
 
 
-def parse_relations(text: str) -> tuple[str, ...]:
-    """"left,above" -> ("left", "above"), in scenes.RELATIONS' order."""
-    asked = {word.strip() for word in text.split(",") if word.strip()}
-    unknown = asked - set(scenes.RELATIONS)
-    if unknown or not asked:
+def parse_relations(text: str) -> tuple[str, ...] | dict[str, float]:
+    """"left,above" -> ("left", "above"), in scenes.RELATIONS' order. With a weight on any of them,
+    "left,right,above=2,below=2" -> {"left": 1.0, "right": 1.0, "above": 2.0, "below": 2.0} (a relation
+    without one weighs 1): each spatial question then draws its relation by these weights
+    (`weighted_spatial_question`), so a lesson can lean to the axis that fades (run 23's plan)."""
+    weights: dict[str, float] = {}
+    for item in filter(None, (word.strip() for word in text.split(","))):
+        relation, equals, value = (part.strip() for part in item.partition("="))
+        try:
+            weight = float(value) if equals else 1.0
+        except ValueError:
+            weight = math.nan
+        if relation not in scenes.RELATIONS or relation in weights or not weight > 0 or math.isinf(weight):
+            raise argparse.ArgumentTypeError(
+                f"relations are some of {', '.join(scenes.RELATIONS)}, each once, with an optional positive "
+                f"weight (above=2); got {text!r}"
+            )
+        weights[relation] = weight
+    if not weights:
         raise argparse.ArgumentTypeError(f"relations are some of {', '.join(scenes.RELATIONS)}; got {text!r}")
-    return tuple(r for r in scenes.RELATIONS if r in asked)
+    ordered = {r: weights[r] for r in scenes.RELATIONS if r in weights}
+    # Unweighted stays a tuple: the recorded runs' draws (scenes.spatial_question) replay unchanged.
+    return ordered if any("=" in item for item in text.split(",")) else tuple(ordered)
+
+
+def weighted_spatial_question(objects, rng: random.Random, weights: dict[str, float]) -> scenes.Question | None:
+    """A spatial question whose relation is drawn by `weights` among those the picture can ask
+    (some pair of uniquely named objects clearly apart along the relation's axis), then asked as
+    scenes.spatial_question asks it (yes and no equally often). Drawing the relation first makes
+    the weights the share of questions per relation, whatever each relation's count of pairs."""
+    named = scenes.named_objects(objects)
+    askable = [r for r in weights
+               if any(scenes.relation_holds(a, b, r) is not None for a, _ in named for b, _ in named if a is not b)]  # fmt: skip
+    if not askable:
+        return None
+    relation = rng.choices(askable, weights=[weights[r] for r in askable])[0]
+    return scenes.spatial_question(objects, rng, (relation,))
 
 
 def training_scene(seed: int, narrow_share: float, small_share: float = 0.0, few_share: float = 0.0):
@@ -210,12 +241,13 @@ TRAINING_ONLY = {"position": position_question, "compare": compare_question}
 def conversation(
     seed: int, turns: int, short_share: float, rng: random.Random, weights: dict[str, float],
     narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0, few_share: float = 0.0,
-    relations: tuple[str, ...] = tuple(scenes.RELATIONS),
+    relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS),
 ):  # fmt: skip
     """(picture, messages) for one training sequence: `turns` questions about one scene. With
     `distinct`, a question already asked in the sequence is drawn again (up to 20 tries): a repeat's
     answer can be copied from the earlier turn, so it teaches nothing about the picture. The spatial
-    questions ask only about `relations` (all four draw as scenes.make_question does)."""
+    questions ask only about `relations` (all four draw as scenes.make_question does), each as often
+    as its weight when `relations` is a dict of weights (parse_relations)."""
     image, objects = training_scene(seed, narrow_share, small_share, few_share)
     kinds = list(weights)
     messages = []
@@ -227,6 +259,8 @@ def conversation(
             kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
             if kind in TRAINING_ONLY:
                 question = TRAINING_ONLY[kind](objects, rng)
+            elif kind == "spatial" and isinstance(relations, dict):
+                question = weighted_spatial_question(objects, rng, relations)
             elif kind == "spatial":
                 question = scenes.spatial_question(objects, rng, relations)
             else:
@@ -266,7 +300,7 @@ def answer_labels(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
 def make_batch(
     processor, seeds: list[int], turns: int, short_share: float, rng: random.Random, weights,
     narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0, few_share: float = 0.0,
-    relations: tuple[str, ...] = tuple(scenes.RELATIONS),
+    relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS),
 ) -> dict:  # fmt: skip
     images, texts = [], []
     for seed in seeds:
@@ -611,7 +645,8 @@ def main() -> None:
     parser.add_argument("--few-share", type=float, default=0.0,
                         help="share of training pictures with two or three objects (run 14)")
     parser.add_argument("--relations", type=parse_relations, default=tuple(scenes.RELATIONS),
-                        help="the spatial questions ask only these, e.g. left (default: all four)")
+                        help="the spatial questions ask only these, e.g. left (default: all four); "
+                             "with weights, e.g. left,right,above=2,below=2, each that share of them")
     parser.add_argument("--distinct", action="store_true", help="no question twice in one training sequence")
     parser.add_argument("--projector-lr", type=float, default=1e-3)
     parser.add_argument("--lora-lr", type=float, default=3e-4)

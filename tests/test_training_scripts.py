@@ -458,6 +458,44 @@ def test_training_on_some_relations_asks_only_those_and_all_four_replay():
         assert scenes.spatial_question(objects, random.Random(seed)) == scenes.make_question("spatial", objects, random.Random(seed))
 
 
+def test_weighted_relations_ask_each_relation_its_share_with_right_answers():
+    """--relations left,above=3: a quarter of the spatial questions ask "to the left of" and three
+    quarters "above" (counted here from the questions' own words), each answered right by this
+    test's reading of the objects; the logged weights give back the same command line."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    record = pytest.importorskip("record_training")
+    from tokentrim_cli import scenes
+
+    assert train_scenes.parse_relations("above=3, left") == {"left": 1.0, "above": 3.0}
+    assert train_scenes.parse_relations("left,above") == ("left", "above")  # no weight: the recorded runs' form
+    for bad in ("above=0", "above=-1", "above=x", "left,left=2", "up=2", "above=inf"):
+        with pytest.raises(Exception, match="relations are some of"):
+            train_scenes.parse_relations(bad)
+    logged = str(train_scenes.parse_relations("left,above=3"))
+    line = record.command({"relations": logged})
+    assert line == "python scripts/train_scenes_model.py --relations left=1,above=3"
+    assert train_scenes.parse_relations(line.split("--relations ")[1]) == {"left": 1.0, "above": 3.0}
+
+    weights = train_scenes.parse_type_weights("count_color=0,count_shape=0,color=0,shape=0,exist=0,describe=0,spatial=1")
+    asked = {"left": 0, "above": 0}
+    for seed in range(150):
+        _, messages = train_scenes.conversation(seed, 4, 1.0, random.Random(seed), weights,
+                                                relations={"left": 1.0, "above": 3.0})  # fmt: skip
+        objects = scenes.scene_objects(seed)
+        names = {name: o for o, name in scenes.named_objects(objects)}
+        for ask, reply in zip(messages[::2], messages[1::2]):
+            text = ask["content"][-1]["text"].split("\n")[0].removeprefix("Is the ").removesuffix("?")
+            relation = "left" if " to the left of the " in text else "above"
+            first, second = text.split(" to the left of the " if relation == "left" else " above the ")
+            a, b = names[first], names[second]
+            holds = a.x < b.x if relation == "left" else a.y < b.y  # image y grows downwards
+            assert abs(a.x - b.x if relation == "left" else a.y - b.y) >= scenes.RELATION_GAP
+            assert reply["content"][0]["text"] == ("yes" if holds else "no"), text
+            asked[relation] += 1
+    share = asked["above"] / (asked["left"] + asked["above"])
+    assert 0.68 < share < 0.82, asked  # 3 of 4 (about 600 questions: a standard error of 1.8 points)
+
+
 def test_the_relation_probe_asks_each_relation_on_held_out_pictures():
     train_scenes = pytest.importorskip("train_scenes_model")
     compare = pytest.importorskip("compare_trained")
