@@ -532,3 +532,32 @@ def test_bf16_training_is_refused_on_a_cpu_that_emulates_it(monkeypatch, fake_cp
 def test_no_held_out_questions_is_an_empty_check():
     train_scenes = pytest.importorskip("train_scenes_model")
     assert train_scenes.holdout_check(None, None, []) == {}  # --holdout 0: nothing asked, no model run
+
+
+def test_committed_curriculum_checkpoints_continue_like_the_shipped_weights():
+    """benchmarks/curriculum/<run>/ (experiments' weights, committed so that the next lesson can start
+    from them on any machine: `--init benchmarks/curriculum/<run>`) hold the shipped folder's three
+    files with the same tensors' names, shapes and dtypes and the same adapter settings, and are runs
+    that training.json records."""
+    import json
+
+    from safetensors import safe_open
+
+    from tokentrim_cli import assembly
+
+    root = Path(__file__).resolve().parent.parent
+    folders = sorted(p for p in (root / "benchmarks" / "curriculum").iterdir() if p.is_dir())
+    assert folders, "no committed curriculum checkpoint"
+    recorded = {run["log"] for run in json.loads((assembly.TRAINED_DIR / "training.json").read_text())["not_adopted"]}
+
+    def layout(path: Path) -> dict:
+        with safe_open(str(path), "pt") as f:
+            return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+
+    for folder in folders:
+        assert folder.name + ".log" in recorded, folder.name
+        assert json.loads((folder / assembly.ADAPTER_CONFIG).read_text()) == json.loads(
+            (assembly.TRAINED_DIR / assembly.ADAPTER_CONFIG).read_text()
+        )
+        for name in (assembly.ADAPTER_FILE, assembly.PROJECTOR_FILE):
+            assert layout(folder / name) == layout(assembly.TRAINED_DIR / name), (folder.name, name)
