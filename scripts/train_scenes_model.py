@@ -123,24 +123,25 @@ def parse_relations(text: str) -> tuple[str, ...] | dict[str, float]:
     "left,right,above=2,below=2" -> {"left": 1.0, "right": 1.0, "above": 2.0, "below": 2.0} (a relation
     without one weighs 1): each spatial question then draws its relation by these weights
     (`weighted_spatial_question`), so a lesson can lean to the axis that fades (run 23's plan)."""
+    error = argparse.ArgumentTypeError(f"relations are some of {', '.join(scenes.RELATIONS)}, each once, with an "
+                                       f"optional positive weight (above=2); got {text!r}")  # fmt: skip
     weights: dict[str, float] = {}
+    weighted = False
     for item in filter(None, (word.strip() for word in text.split(","))):
         relation, equals, value = (part.strip() for part in item.partition("="))
+        weighted = weighted or bool(equals)
         try:
             weight = float(value) if equals else 1.0
         except ValueError:
-            weight = math.nan
-        if relation not in scenes.RELATIONS or relation in weights or not weight > 0 or math.isinf(weight):
-            raise argparse.ArgumentTypeError(
-                f"relations are some of {', '.join(scenes.RELATIONS)}, each once, with an optional positive "
-                f"weight (above=2); got {text!r}"
-            )
+            raise error from None
+        if relation not in scenes.RELATIONS or relation in weights or not 0 < weight < math.inf:  # NaN fails too
+            raise error
         weights[relation] = weight
     if not weights:
-        raise argparse.ArgumentTypeError(f"relations are some of {', '.join(scenes.RELATIONS)}; got {text!r}")
+        raise error
     ordered = {r: weights[r] for r in scenes.RELATIONS if r in weights}
     # Unweighted stays a tuple: the recorded runs' draws (scenes.spatial_question) replay unchanged.
-    return ordered if any("=" in item for item in text.split(",")) else tuple(ordered)
+    return ordered if weighted else tuple(ordered)
 
 
 def weighted_spatial_question(objects, rng: random.Random, weights: dict[str, float]) -> scenes.Question | None:
