@@ -149,9 +149,8 @@ def weighted_spatial_question(objects, rng: random.Random, weights: dict[str, fl
     (some pair of uniquely named objects clearly apart along the relation's axis), then asked as
     scenes.spatial_question asks it (yes and no equally often). Drawing the relation first makes
     the weights the share of questions per relation, whatever each relation's count of pairs."""
-    named = scenes.named_objects(objects)
-    askable = [r for r in weights
-               if any(scenes.relation_holds(a, b, r) is not None for a, _ in named for b, _ in named if a is not b)]  # fmt: skip
+    possible = {option[-1] for option in scenes.spatial_options(objects, weights)}
+    askable = [r for r in weights if r in possible]  # in the weights' order, so a seed draws as before
     if not askable:
         return None
     relation = rng.choices(askable, weights=[weights[r] for r in askable])[0]

@@ -295,13 +295,19 @@ def relation_holds(a: SceneObject, b: SceneObject, relation: str) -> bool | None
     return delta * sign > 0
 
 
+def spatial_options(objects, relations: tuple[str, ...] | dict[str, float] = tuple(RELATIONS)) -> list[tuple]:
+    """(a, a's name, b, b's name, relation) for every spatial question the picture can ask: two
+    uniquely named objects whose centres are clearly apart along the relation's axis."""
+    named = named_objects(objects)
+    return [(a, na, b, nb, rel) for a, na in named for b, nb in named if a is not b for rel in relations
+            if relation_holds(a, b, rel) is not None]  # fmt: skip
+
+
 def spatial_question(objects, rng: random.Random, relations: tuple[str, ...] = tuple(RELATIONS)) -> Question | None:
     """"Is the red star to the left of the blue cross?" about two uniquely named objects whose
     centres are clearly apart along the relation's axis, yes and no equally often. `relations`
     narrows the relations asked (training only); all four draw as make_question does."""
-    named = named_objects(objects)
-    options = [(a, na, b, nb, rel) for a, na in named for b, nb in named if a is not b for rel in relations
-               if relation_holds(a, b, rel) is not None]  # fmt: skip
+    options = spatial_options(objects, relations)
     if not options:
         return None
     want = rng.random() < 0.5  # balanced yes / no
