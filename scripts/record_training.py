@@ -7,7 +7,9 @@ the logs of the runs that produced its weights (scripts/train_scenes_model.py --
 Every log becomes one entry, oldest first: the command line rebuilt from its logged arguments,
 the start and end times, wall minutes, the loss and held-out scores at each logged step, and where it
 stopped (a log's times carry no day: `--date`, and `--log-date` for a log started on
-another day). The versions are this environment's (run the script in the environment that trained).
+another day). Each entry carries the versions and CPU of this environment (run the script in the
+environment that trained); the top-level "versions" are those of the runs recorded before entries
+carried their own, and `--append` keeps them.
 `--not-adopted` logs are runs whose weights were compared on held-out pictures and not shipped:
 recorded apart ("not_adopted"), outside the shipped weights' runs and minutes.
 `--append` keeps the entries already in `--output` and adds these logs after them (the logs of
@@ -119,13 +121,52 @@ def appended(previous: dict, runs: list[dict], not_adopted: list[dict]) -> tuple
     return old_runs + runs, old_not_adopted + not_adopted
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), which a run's pace depends on: platform.processor() says
+    only "x86_64"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def versions() -> dict:
     import peft
     import torch
     import transformers
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}  # fmt: skip
+            "peft": peft.__version__, "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads()}  # fmt: skip
+
+
+def record(previous: dict, runs: list[dict], not_adopted: list[dict], environment: dict) -> dict:
+    """The training record: the new entries, each with this environment's versions, after an earlier
+    record's (`previous`, empty unless appending), whose top-level versions are kept: they describe the
+    runs recorded before entries carried their own, and rewriting them would date those runs wrongly."""
+    runs = [entry | {"versions": environment} for entry in runs]
+    not_adopted = [entry | {"versions": environment} for entry in not_adopted]
+    runs, not_adopted = appended(previous, runs, not_adopted)
+    if not runs:
+        raise SystemExit("no runs: give the logs of the runs that produced the shipped weights (or --append)")
+    document = {
+        "model": "builtin:scenes",
+        "script": "scripts/train_scenes_model.py",
+        "runs": runs,
+        "total_minutes": round(sum(run["minutes"] for run in runs), 1),
+        "versions": previous.get("versions", environment),
+        "note": ("Runs are listed oldest first; a run with --init continued from the previous one's weights. "
+                 "An entry's own versions are its environment's; the top-level versions are those of the "
+                 "entries without their own."),
+    }  # fmt: skip
+    if not_adopted:
+        document["not_adopted"] = not_adopted
+        document["not_adopted_note"] = ("Runs compared on held-out pictures (scripts/compare_trained.py) and not "
+                                        "shipped; their weights are not in the package. See the model card.")  # fmt: skip
+    return document
 
 
 def main() -> None:
@@ -144,23 +185,9 @@ def main() -> None:
         return [parse(log) | {"date": dates.get(log.name, args.date)} for log in logs]
 
     previous = json.loads(args.output.read_text(encoding="utf-8")) if args.append else {}
-    runs, not_adopted = appended(previous, entries(args.logs), entries(args.not_adopted))
-    if not runs:
-        raise SystemExit("no runs: give the logs of the runs that produced the shipped weights (or --append)")
-    document = {
-        "model": "builtin:scenes",
-        "script": "scripts/train_scenes_model.py",
-        "runs": runs,
-        "total_minutes": round(sum(run["minutes"] for run in runs), 1),
-        "versions": versions(),
-        "note": "Runs are listed oldest first; a run with --init continued from the previous one's weights.",
-    }
-    if not_adopted:
-        document["not_adopted"] = not_adopted
-        document["not_adopted_note"] = ("Runs compared on held-out pictures (scripts/compare_trained.py) and not "
-                                        "shipped; their weights are not in the package. See the model card.")  # fmt: skip
+    document = record(previous, entries(args.logs), entries(args.not_adopted), versions())
     args.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.output} ({len(runs)} runs, {document['total_minutes']:.0f} minutes)", file=sys.stderr)
+    print(f"wrote {args.output} ({len(document['runs'])} runs, {document['total_minutes']:.0f} minutes)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -196,6 +196,22 @@ def test_appending_keeps_the_earlier_record_and_refuses_a_log_twice():
         record.appended(earlier, [{"log": "run8.log"}], [])
 
 
+def test_appended_entries_carry_their_own_versions_and_the_earlier_ones_keep_theirs():
+    record = pytest.importorskip("record_training")
+    then = {"torch": "2.12.0", "cpu": "x86_64"}
+    now = {"torch": "2.13.0", "cpu": "AMD EPYC 9R14", "cpu_capability": "AVX512"}
+    earlier = {"runs": [{"log": "run2.log", "minutes": 30.0}], "versions": then}
+    document = record.record(earlier, [], [{"log": "run30.log", "minutes": 45.0}], now)
+    assert document["versions"] == then  # the runs recorded without their own versions are not re-dated
+    assert document["not_adopted"] == [{"log": "run30.log", "minutes": 45.0, "versions": now}]
+    assert "versions" not in document["runs"][0]
+    assert document["total_minutes"] == 30.0  # a not-adopted run's minutes are not the shipped weights'
+    fresh = record.record({}, [{"log": "run1.log", "minutes": 12.0}], [], now)
+    assert fresh["versions"] == now and fresh["runs"][0]["versions"] == now
+    with pytest.raises(SystemExit, match="no runs"):
+        record.record({}, [], [{"log": "run8.log", "minutes": 1.0}], now)
+
+
 def test_a_logged_flag_becomes_a_flag_in_the_rebuilt_command():
     record = pytest.importorskip("record_training")
     logged = {"out": "runs/b", "distinct": "True", "init": "None", "type_weights": "{'spatial': 10.0, 'position': 6.0}"}
