@@ -11,7 +11,10 @@ another day). Each entry carries the versions and CPU of this environment (run t
 environment that trained); the top-level "versions" are those of the runs recorded before entries
 carried their own, and `--append` keeps them.
 `--not-adopted` logs are runs whose weights were compared on held-out pictures and not shipped:
-recorded apart ("not_adopted"), outside the shipped weights' runs and minutes.
+recorded apart ("not_adopted"), outside the shipped weights' runs and minutes. `--adopt run23.log
+run24.log ...` moves recorded not-adopted runs into the shipped weights' runs, in that order, when
+their weights become the shipped ones: each must have continued from the one before it (`--init`),
+the first from the shipped folder.
 `--append` keeps the entries already in `--output` and adds these logs after them (the logs of
 earlier sessions' runs are not kept; training.json is their record).
 """
@@ -133,6 +136,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def adopted(previous: dict, names: list[str]) -> dict:
+    """`previous` with the not-adopted runs `names` moved, in that order, to the end of its runs: their
+    weights are now the shipped ones. Each must have started from the one before it, and the first
+    from the shipped folder, or the runs would not be the shipped weights' lineage."""
+    not_adopted = {entry["log"]: entry for entry in previous.get("not_adopted", [])}
+    for name in names:
+        if name not in not_adopted:
+            raise SystemExit(f"--adopt {name}: not a recorded not-adopted run")
+    started_from = "scenes_model"  # the shipped folder, tokentrim_cli/scenes_model
+    for name in names:
+        init = not_adopted[name]["arguments"].get("init", "None")  # a run's --out folder is named like its log
+        if Path(init).name != started_from:
+            raise SystemExit(f"--adopt {name}: it started from {init}, not from {started_from}")
+        started_from = name.removesuffix(".log")
+    moved = [not_adopted[name] for name in names]
+    return previous | {
+        "runs": [*previous.get("runs", []), *moved],
+        "not_adopted": [entry for entry in previous.get("not_adopted", []) if entry["log"] not in names],
+    }
+
+
 def versions() -> dict:
     import peft
     import torch
@@ -172,19 +196,26 @@ def record(previous: dict, runs: list[dict], not_adopted: list[dict], environmen
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("logs", type=Path, nargs="*", help="logs of the runs that produced the shipped weights")
-    parser.add_argument("--date", required=True, help="the day the runs started (YYYY-MM-DD)")
+    parser.add_argument("--date", help="the day the runs started (YYYY-MM-DD); needed with logs")
     parser.add_argument("--log-date", action="append", default=[], metavar="LOG=DATE",
                         help="a log (by file name) that started on another day than --date; repeatable")
     parser.add_argument("--not-adopted", type=Path, nargs="*", default=[], help="logs of runs whose weights were not shipped")
     parser.add_argument("--output", type=Path, default=Path("tokentrim_cli/scenes_model/training.json"))
     parser.add_argument("--append", action="store_true", help="keep the runs already in --output and add these after them")
+    parser.add_argument("--adopt", nargs="+", default=[], metavar="LOG",
+                        help="with --append: recorded not-adopted runs (log names) whose weights now ship, oldest first")
     args = parser.parse_args()
+    if (args.logs or args.not_adopted) and not args.date:
+        parser.error("--date is needed with logs")
+    if args.adopt and not args.append:
+        parser.error("--adopt moves runs of the record in --output: give --append")
     dates = log_dates(args.log_date, [log.name for log in [*args.logs, *args.not_adopted]])
 
     def entries(logs: list[Path]) -> list[dict]:
         return [parse(log) | {"date": dates.get(log.name, args.date)} for log in logs]
 
     previous = json.loads(args.output.read_text(encoding="utf-8")) if args.append else {}
+    previous = adopted(previous, args.adopt) if args.adopt else previous
     document = record(previous, entries(args.logs), entries(args.not_adopted), versions())
     args.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.output} ({len(document['runs'])} runs, {document['total_minutes']:.0f} minutes)", file=sys.stderr)

@@ -212,6 +212,30 @@ def test_appended_entries_carry_their_own_versions_and_the_earlier_ones_keep_the
         record.record({}, [], [{"log": "run8.log", "minutes": 1.0}], now)
 
 
+def test_adopting_moves_a_lineage_of_not_adopted_runs_into_the_shipped_runs():
+    record = pytest.importorskip("record_training")
+
+    def run(name, init):
+        return {"log": name, "arguments": {"init": init}, "minutes": 10.0}
+
+    earlier = {
+        "runs": [run("run11.log", "tokentrim_cli/scenes_model")],
+        "not_adopted": [run("run22.log", "/work/runs/run21"), run("run23.log", "tokentrim_cli/scenes_model"),
+                        run("run24.log", "/work/runs/run23"), run("run25.log", "benchmarks/curriculum/run24")],
+        "versions": {"torch": "2.12.0"},
+    }  # fmt: skip
+    after = record.adopted(earlier, ["run23.log", "run24.log", "run25.log"])
+    assert [r["log"] for r in after["runs"]] == ["run11.log", "run23.log", "run24.log", "run25.log"]
+    assert [r["log"] for r in after["not_adopted"]] == ["run22.log"]
+    assert after["versions"] == earlier["versions"]
+    with pytest.raises(SystemExit, match="run25.log: it started from benchmarks/curriculum/run24, not from run23"):
+        record.adopted(earlier, ["run23.log", "run25.log"])  # a lesson left out: not the shipped lineage
+    with pytest.raises(SystemExit, match="run22.log: it started from /work/runs/run21, not from scenes_model"):
+        record.adopted(earlier, ["run22.log"])
+    with pytest.raises(SystemExit, match="run11.log: not a recorded not-adopted run"):
+        record.adopted(earlier, ["run11.log"])
+
+
 def test_a_logged_flag_becomes_a_flag_in_the_rebuilt_command():
     record = pytest.importorskip("record_training")
     logged = {"out": "runs/b", "distinct": "True", "init": "None", "type_weights": "{'spatial': 10.0, 'position': 6.0}"}
@@ -554,7 +578,7 @@ def test_committed_curriculum_checkpoints_continue_like_the_shipped_weights():
     """benchmarks/curriculum/<run>/ (experiments' weights, committed so that the next lesson can start
     from them on any machine: `--init benchmarks/curriculum/<run>`) hold the shipped folder's three
     files with the same tensors' names, shapes and dtypes and the same adapter settings, and are runs
-    that training.json records."""
+    that training.json records (not adopted, or adopted when their weights became the shipped ones)."""
     import json
 
     from safetensors import safe_open
@@ -564,7 +588,8 @@ def test_committed_curriculum_checkpoints_continue_like_the_shipped_weights():
     root = Path(__file__).resolve().parent.parent
     folders = sorted(p for p in (root / "benchmarks" / "curriculum").iterdir() if p.is_dir())
     assert folders, "no committed curriculum checkpoint"
-    recorded = {run["log"] for run in json.loads((assembly.TRAINED_DIR / "training.json").read_text())["not_adopted"]}
+    training = json.loads((assembly.TRAINED_DIR / "training.json").read_text())
+    recorded = {run["log"] for run in [*training["runs"], *training.get("not_adopted", [])]}
 
     def layout(path: Path) -> dict:
         with safe_open(str(path), "pt") as f:
