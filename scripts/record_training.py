@@ -124,28 +124,15 @@ def appended(previous: dict, runs: list[dict], not_adopted: list[dict]) -> tuple
     return old_runs + runs, old_not_adopted + not_adopted
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), which a run's pace depends on: platform.processor() says
-    only "x86_64"."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def adopted(previous: dict, names: list[str]) -> dict:
     """`previous` with the not-adopted runs `names` moved, in that order, to the end of its runs: their
     weights are now the shipped ones. Each must have started from the one before it, and the first
     from the shipped folder, or the runs would not be the shipped weights' lineage."""
     not_adopted = {entry["log"]: entry for entry in previous.get("not_adopted", [])}
+    started_from = "scenes_model"  # the shipped folder, tokentrim_cli/scenes_model
     for name in names:
         if name not in not_adopted:
             raise SystemExit(f"--adopt {name}: not a recorded not-adopted run")
-    started_from = "scenes_model"  # the shipped folder, tokentrim_cli/scenes_model
-    for name in names:
         init = not_adopted[name]["arguments"].get("init", "None")  # a run's --out folder is named like its log
         if Path(init).name != started_from:
             raise SystemExit(f"--adopt {name}: it started from {init}, not from {started_from}")
@@ -161,6 +148,8 @@ def versions() -> dict:
     import peft
     import torch
     import transformers
+
+    from tokentrim_cli.metrics import cpu_model
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),

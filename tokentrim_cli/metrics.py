@@ -103,7 +103,7 @@ def provenance(info=None) -> dict:
         devices = info.device.split(",")
         device_name = " + ".join(torch.cuda.get_device_name(d) for d in devices if d.startswith("cuda"))
     else:
-        device_name = f"CPU: {_cpu_model()}, {torch.get_num_threads()} threads"
+        device_name = f"CPU: {cpu_model()}, {torch.get_num_threads()} threads"
     out = {
         "tool_version": version("tokentrim-cli"),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -122,7 +122,8 @@ def provenance(info=None) -> dict:
     return out
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo): platform.processor() says only "x86_64"."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             for line in cpuinfo:
