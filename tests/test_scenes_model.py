@@ -81,7 +81,7 @@ def _answers(loaded, prompts, *, profile="baseline", max_new_tokens=8):
 
 def test_it_answers_short_questions_about_the_sample_scene(scenes_model):
     """Questions of every kind the model was taught, answers recomputed from the object list. The
-    shipped model (run30's weights) answers all 8, the spatial one included; the bar of 7 leaves
+    shipped model (run31's weights) answers all 8, the spatial one included; the bar of 7 leaves
     room for one answer flipped by another CPU's arithmetic. Chance is below 3 of 8, so a model
     that does not read the picture fails."""
     objects = sample_objects()
