@@ -3,6 +3,7 @@ from the generator's own answer code), scoring by hand, disjoint seed spaces."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 
@@ -365,3 +366,53 @@ def test_the_size_diagnosis_probe_pools_an_objects_patches_and_learns():
     assert (predict(x[300:]) == labels[300:]).float().mean() > 0.95
     shuffled = labels[:300][torch.randperm(300, generator=generator)]
     assert (diagnosis.fit_probe(x[:300], shuffled, 4)(x[300:]) == labels[300:]).float().mean() < 0.5
+
+
+def test_the_paired_comparison_counts_discordant_answers_by_type(tmp_path):
+    """benchmarks/paired_comparison.py on two hand-made results: per type, the questions right in
+    one result and wrong in the other counted here by the question's own type, McNemar's z and the
+    exact p-value of hand-computed cases; results on other questions or without the profile refused."""
+    comparison = _benchmark_module("paired_comparison")
+    # Exact two-sided binomial p: 0 against 6 is 2 * 1/64; 1 against 9 is 2 * (1 + 10) / 1024.
+    assert comparison.mcnemar(0, 6) == (pytest.approx(6 / 6**0.5), pytest.approx(2 / 64))
+    assert comparison.mcnemar(9, 1) == (pytest.approx(-8 / 10**0.5), pytest.approx(22 / 1024))
+    assert comparison.mcnemar(5, 5) == (0.0, 1.0) and comparison.mcnemar(0, 0) == (0.0, 1.0)
+
+    samples = scenes.evaluation_questions()
+    chosen = list(range(0, 2400, 7))
+    ids = [_sample_id(samples, i) for i in chosen]
+    rng = random.Random(3)
+    old = [float(rng.random() < 0.7) for _ in chosen]
+    new = [float(rng.random() < 0.8) for _ in chosen]
+    expected = Counter()
+    for i, was, now in zip(chosen, old, new):
+        kind = samples[i].question.type
+        if kind == "describe":
+            continue
+        cell = {(1.0, 1.0): "both", (1.0, 0.0): "only_old", (0.0, 1.0): "only_new", (0.0, 0.0): "neither"}[was, now]
+        expected[kind, cell] += 1
+        expected["short", cell] += 1
+
+    def result(name, correct, digest="d1", profile="baseline"):
+        # A describe answer is scored by recall: a fraction, never counted as right or wrong.
+        correct = [0.5 if samples[i].question.type == "describe" else c for i, c in zip(chosen, correct)]
+        document = {"benchmark": "scenes", "dataset": "scenes (hand-made)", "dataset_sha256": digest,
+                    "profiles": [{"profile": "random-64", "ids": ids, "correct": [0.0] * len(ids)},
+                                 {"profile": profile, "ids": ids, "correct": correct}]}  # fmt: skip
+        path = tmp_path / name
+        path.write_text(json.dumps(document))
+        return str(path)
+
+    rows = comparison.compare(result("old.json", old), result("new.json", new))
+    assert set(rows) == {"short", "count_color", "count_shape", "color", "shape", "exist", "spatial"}
+    for kind, row in rows.items():
+        assert row == {cell: expected[kind, cell] for cell in ("both", "only_old", "only_new", "neither")}, kind
+    assert sum(rows["short"].values()) == sum(1 for i in chosen if samples[i].question.type != "describe")
+    table = comparison.markdown(rows)
+    z, p = comparison.mcnemar(rows["short"]["only_old"], rows["short"]["only_new"])
+    assert f"| short | {sum(rows['short'].values())} |" in table and f"{z:+.2f} | {p:.3f} |" in table
+
+    with pytest.raises(ValueError, match="not the same questions"):
+        comparison.compare(result("old.json", old), result("other.json", new, digest="d2"))
+    with pytest.raises(ValueError, match="no profile 'baseline'"):
+        comparison.compare(result("old.json", old), result("fastv.json", new, profile="fastv"))
