@@ -59,6 +59,15 @@ def asked_object(question: scenes.Question, objects: list[scenes.SceneObject]) -
     return found
 
 
+def counted_objects(question: scenes.Question, objects: list[scenes.SceneObject]) -> list[scenes.SceneObject]:
+    """The objects a count question counts (those of its colour, or of its shape)."""
+    counted = question.text.split()[2]  # "How many red objects are there?", "How many stars are there?"
+    if question.type == "count_color":
+        return [o for o in objects if o.color == counted]
+    shape = next(s for s, plural in scenes.PLURALS.items() if plural == counted)
+    return [o for o in objects if o.shape == shape]
+
+
 def asked_count(question: scenes.Question, description: str) -> int:
     """How many objects of the counted colour (or shape) a description names."""
     counted = question.text.split()[2]  # "How many red objects are there?", "How many stars are there?"
@@ -81,7 +90,9 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
     """{"named": {(type, size): [right, asked]} (type "exist" also with size "absent"),
     "describe": {size: [found, objects]},
     "count": {(type, truth): [right, asked]}, "count_vs_description": {(type, description right,
-    short answer right): questions}} for one profile of an eval JSON."""
+    short answer right): questions}, "count_one": {(type, size): [right, asked, answered more than
+    one]} (the count questions with one object to count, by that object's size)} for one profile
+    of an eval JSON."""
     named: dict = {(t, s): [0, 0] for t in ("color", "shape", "exist") for s in SIZES} | {("exist", "absent"): [0, 0]}
     described = {s: [0, 0] for s in SIZES}
     count: dict = {}
@@ -109,6 +120,7 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
         elif question.type in ("count_color", "count_shape"):
             asked.append((sample, prediction))
     versus: Counter = Counter()
+    one: dict = {(t, s): [0, 0, 0] for t in ("count_color", "count_shape") for s in SIZES}
     for sample, prediction in asked:
         question = sample.question
         right = scenes.normalize_short(prediction) == question.answer
@@ -117,7 +129,15 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
         cell[1] += 1
         if sample.seed in descriptions:
             versus[(question.type, asked_count(question, descriptions[sample.seed]) == int(question.answer), right)] += 1
-    return {"named": named, "describe": described, "count": count, "count_vs_description": dict(versus)}
+        if question.answer == "1":
+            (counted,) = counted_objects(question, scenes.scene_objects(sample.seed))
+            said = scenes.normalize_short(prediction)
+            cell = one[(question.type, counted.size)]
+            cell[0] += right
+            cell[1] += 1
+            cell[2] += said.isdigit() and int(said) > 1
+    return {"named": named, "describe": described, "count": count, "count_vs_description": dict(versus),
+            "count_one": one}  # fmt: skip
 
 
 # ---- the probes ---------------------------------------------------------------------------------
@@ -270,6 +290,13 @@ def main() -> None:
         description_right, short_right = cells[0] + cells[2], cells[1] + cells[2]
         print(f"| {kind} ({sum(cells)}) | {100 * description_right / total:.0f}% | {100 * short_right / total:.0f}% | "
               f"{100 * cells[2] / total:.0f}% | {100 * cells[3] / total:.0f}% |")  # fmt: skip
+
+    print("\n| count question, one object there | " + " | ".join(f"{size}: right | {size}: counted more" for size in SIZES)
+          + " |")  # fmt: skip
+    print("|---|" + "---|---|" * len(SIZES))
+    for kind in ("count_color", "count_shape"):
+        cells = [found["count_one"][(kind, size)] for size in SIZES]
+        print(f"| {kind} | " + " | ".join(f"{percent(c[:2])} | {100 * c[2] / max(c[1], 1):.1f}%" for c in cells) + " |")
 
     if args.probe:
         import torch

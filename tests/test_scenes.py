@@ -416,3 +416,29 @@ def test_the_paired_comparison_counts_discordant_answers_by_type(tmp_path):
         comparison.compare(result("old.json", old), result("other.json", new, digest="d2"))
     with pytest.raises(ValueError, match="no profile 'baseline'"):
         comparison.compare(result("old.json", old), result("fastv.json", new, profile="fastv"))
+
+
+def test_the_size_diagnosis_splits_single_counts_by_the_objects_size():
+    """benchmarks/size_diagnosis.py: count questions with one object to count, split by that
+    object's size (found here from the object list and the plural), on hand-made predictions that
+    answer "2" when it is large and "1" when it is small."""
+    diagnosis = _benchmark_module("size_diagnosis")
+    samples = scenes.evaluation_questions()
+    plural_of = {plural: shape for shape, plural in scenes.PLURALS.items()}
+    chosen, sizes = [], {}
+    for i, sample in enumerate(samples):
+        if sample.question.type in ("count_color", "count_shape") and len(chosen) < 160:
+            word = sample.question.text.split()[2]
+            objects = scenes.scene_objects(sample.seed)
+            matching = [o for o in objects if o.color == word or o.shape == plural_of.get(word)]
+            assert len(matching) == int(sample.question.answer), sample.question.text
+            chosen.append(i)
+            sizes[i] = matching[0].size if len(matching) == 1 else None
+    predictions = {i: "Two." if sizes[i] == "large" else "1" for i in chosen}
+    found = diagnosis.diagnose({"ids": [_sample_id(samples, i) for i in chosen], "predictions": list(predictions.values())}, samples)
+    for kind in ("count_color", "count_shape"):
+        small = sum(sizes[i] == "small" and samples[i].question.type == kind for i in chosen)
+        large = sum(sizes[i] == "large" and samples[i].question.type == kind for i in chosen)
+        assert small and large
+        assert found["count_one"][(kind, "small")] == [small, small, 0]
+        assert found["count_one"][(kind, "large")] == [0, large, large]
