@@ -14,7 +14,9 @@ tower's 14-px patches, a large one (30 px) about 4x4. From the eval JSON (nothin
   unique in their picture, so that a named pair is that object);
 - count questions: accuracy by the true count, and, where the same picture was also described,
   whether the description names as many objects of that colour (shape) as there are: whether the
-  count fails in the short answer alone or in what the model sees.
+  count fails in the short answer alone or in what the model sees; and the count questions with
+  one object to count, by that object's size: how often it is counted right, and how often as
+  more than one.
 
 `--probe N` then asks where a small object's colour and shape get lost. It fits linear probes
 (multinomial logistic regression on each object's mean feature over the patches it covers, the
