@@ -61,23 +61,25 @@ def asked_object(question: scenes.Question, objects: list[scenes.SceneObject]) -
     return found
 
 
+def counted(question: scenes.Question) -> tuple[int, str]:
+    """What a count question counts: (0, colour) or (1, shape), the place of that word in a
+    (colour, shape) pair."""
+    word = question.text.split()[2]  # "How many red objects are there?", "How many stars are there?"
+    if question.type == "count_color":
+        return 0, word
+    return 1, next(s for s, plural in scenes.PLURALS.items() if plural == word)
+
+
 def counted_objects(question: scenes.Question, objects: list[scenes.SceneObject]) -> list[scenes.SceneObject]:
     """The objects a count question counts (those of its colour, or of its shape)."""
-    counted = question.text.split()[2]  # "How many red objects are there?", "How many stars are there?"
-    if question.type == "count_color":
-        return [o for o in objects if o.color == counted]
-    shape = next(s for s, plural in scenes.PLURALS.items() if plural == counted)
-    return [o for o in objects if o.shape == shape]
+    place, value = counted(question)
+    return [o for o in objects if (o.color, o.shape)[place] == value]
 
 
 def asked_count(question: scenes.Question, description: str) -> int:
     """How many objects of the counted colour (or shape) a description names."""
-    counted = question.text.split()[2]  # "How many red objects are there?", "How many stars are there?"
-    said = scenes.mentioned_objects(description)
-    if question.type == "count_color":
-        return sum(colour == counted for colour, _ in said)
-    shape = next(s for s, plural in scenes.PLURALS.items() if plural == counted)
-    return sum(s == shape for _, s in said)
+    place, value = counted(question)
+    return sum(pair[place] == value for pair in scenes.mentioned_objects(description))
 
 
 def existence_case(question: scenes.Question, objects: list[scenes.SceneObject]) -> str:
