@@ -33,8 +33,6 @@ sys.path.insert(0, str(ROOT))
 from tokentrim_cli import scenes  # noqa: E402
 from tokentrim_cli.benchmarks import scenes_question  # noqa: E402
 
-SHORT_TYPES = ("count_color", "count_shape", "color", "shape", "exist", "spatial")
-
 
 def mcnemar(only_old: int, only_new: int) -> tuple[float, float]:
     """McNemar's z (positive when the new answers more) and the exact two-sided p-value: under no
@@ -59,9 +57,9 @@ def answers(document: dict, profile: str, path: str) -> dict[str, float]:
 def paired_counts(old: dict[str, float], new: dict[str, float], types: dict[str, str]) -> dict[str, dict[str, int]]:
     """Per short-answer type, and over all of them: questions right in both, in the old only, in the
     new only, in neither."""
-    rows = {name: dict.fromkeys(("both", "only_old", "only_new", "neither"), 0) for name in ("short", *SHORT_TYPES)}
+    rows = {name: dict.fromkeys(("both", "only_old", "only_new", "neither"), 0) for name in ("short", *scenes.SHORT_TYPES)}
     for sample_id, kind in types.items():
-        if kind not in SHORT_TYPES:
+        if kind not in scenes.SHORT_TYPES:
             continue
         was, now = old[sample_id] == 1.0, new[sample_id] == 1.0
         cell = "both" if was and now else "only_old" if was else "only_new" if now else "neither"
