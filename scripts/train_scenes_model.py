@@ -29,8 +29,10 @@ colours and 2-3 shapes (`training_scene`), so that counts past one are common. `
 position=N` adds a training-only question, where one named object lies in the picture
 (`position_question`), and `--distinct` asks no question twice in a sequence (run 9, aimed at the
 spatial questions); `compare=N` another, which of two named objects is further left, right, up or
-down, answered with the object (`compare_question`, run 11). `--small-share` draws that share of
-the pictures with small objects alone (run 12), `--few-share` with two or three objects (run 14).
+down, answered with the object (`compare_question`, run 11); `count_size=N` a shape's count among
+the objects of one size ("How many large stars are there?", `size_count_question`, run 34).
+`--small-share` draws that share of the pictures with small objects alone (run 12), `--few-share`
+with two or three objects (run 14).
 `--relations left` asks the spatial questions about that relation alone (run 17);
 `--relations left,right,above=2,below=2` asks each relation that share of them.
 `--train-from-layer K` trains only the adapter in decoder layers K and up (the projector and the
@@ -98,10 +100,11 @@ def use_precision(precision: str) -> None:
 HOLDOUT_SEED = 900_000  # held-out pictures for monitoring: neither training, evaluation nor calibration
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Question types per turn (`--type-weights` overrides): describe is long, so it comes less often per turn.
-# `position` and `compare` are training-only questions (position_question, compare_question below),
-# off unless given a weight, so the committed runs' draws replay unchanged.
+# `position`, `compare` and `count_size` are training-only questions (position_question,
+# compare_question, size_count_question below), off unless given a weight, so the committed runs'
+# draws replay unchanged.
 TYPE_WEIGHTS = {"count_color": 3, "count_shape": 3, "color": 3, "shape": 3, "exist": 3, "spatial": 4, "describe": 1,
-                "position": 0, "compare": 0}  # fmt: skip
+                "position": 0, "compare": 0, "count_size": 0}  # fmt: skip
 
 
 def parse_type_weights(text: str) -> dict[str, float]:
@@ -235,7 +238,25 @@ def compare_question(objects, rng: random.Random) -> scenes.Question | None:
                            f"The {na} is {words} than the {nb}.")  # fmt: skip
 
 
-TRAINING_ONLY = {"position": position_question, "compare": compare_question}
+def size_count_question(objects, rng: random.Random) -> scenes.Question:
+    """"How many large stars are there?" -> "1": a shape's count among the objects of one size. Not
+    an evaluation type: run31's weights count a lone large object of the asked shape as two or more
+    35% of the time (a small one 18.5%, benchmarks/size_diagnosis.py), and a shape's count is worst
+    where its objects differ in size (58% right for one small and one large); this question makes
+    an object's size and the number of objects two answers, so that one large object cannot pass
+    for two (run34). The shape is drawn as scenes.make_question draws a count_shape question's
+    (mostly one in the picture, sometimes any), the size uniformly."""
+    present = sorted({o.shape for o in objects})
+    shape = rng.choice(present) if rng.random() < 0.8 else rng.choice(scenes.SHAPES)
+    size = rng.choice(tuple(scenes.SIZES))
+    n = sum(o.shape == shape and o.size == size for o in objects)
+    plural = f"{size} {scenes.PLURALS[shape]}"
+    verb = "is" if n == 1 else "are"
+    sentence = f"There {verb} {scenes.count_word(n, f'{size} {shape}', plural)}." if n else f"There are no {plural}."
+    return scenes.Question("count_size", f"How many {plural} are there?", str(n), sentence)
+
+
+TRAINING_ONLY = {"position": position_question, "compare": compare_question, "count_size": size_count_question}
 
 
 def conversation(

@@ -439,6 +439,33 @@ def test_compare_questions_name_the_object_further_in_that_direction():
     assert min(answer_named_first[True], answer_named_first[False]) >= 40  # the answer is not always named first
 
 
+def test_size_count_questions_count_one_shape_of_one_size():
+    """The training-only count by size, checked from the object list: the size and the shape are
+    read back from the question's words and the objects counted here, not in the script."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    shape_of = {plural: shape for shape, plural in scenes.PLURALS.items()}
+    rng = random.Random(3)
+    answers, sizes, narrower = Counter(), Counter(), 0
+    for seed in range(200):
+        _, objects = scenes.scene(scenes.TRAIN_SEED + seed)
+        question = train_scenes.size_count_question(objects, rng)
+        size, plural = question.text.removeprefix("How many ").removesuffix(" are there?").split()
+        shape = shape_of[plural]
+        expected = sum(o.size == size and o.shape == shape for o in objects)
+        assert question.type == "count_size" and question.answer == str(expected), question.text
+        assert question.sentence == (f"There are no {size} {plural}." if expected == 0 else
+                                     f"There is 1 {size} {shape}." if expected == 1 else
+                                     f"There are {expected} {size} {plural}.")  # fmt: skip
+        # what it adds to a shape's count: fewer than the shape's objects where the other size is there too
+        narrower += expected < sum(o.shape == shape for o in objects)
+        answers[min(expected, 2)] += 1
+        sizes[size] += 1
+    assert min(answers.values()) >= 15 and min(sizes.values()) >= 70  # 0, 1 and 2+ asked; both sizes
+    assert narrower >= 30
+
+
 def test_distinct_sequences_ask_no_question_twice_and_old_mixes_replay():
     train_scenes = pytest.importorskip("train_scenes_model")
 
@@ -447,8 +474,8 @@ def test_distinct_sequences_ask_no_question_twice_and_old_mixes_replay():
         _, messages = train_scenes.conversation(seed, 14, 0.6, random.Random(seed), weights, 0.3, distinct=True)
         prompts = [m["content"][-1]["text"].split("\n")[0] for m in messages if m["role"] == "user"]
         assert len(prompts) == 14 and len(set(prompts)) == 14
-    # `position` and `compare` are in TYPE_WEIGHTS with weight 0 by default: the committed runs' draws do not move.
-    old = {k: v for k, v in train_scenes.TYPE_WEIGHTS.items() if k not in ("position", "compare")}
+    # The training-only questions are in TYPE_WEIGHTS with weight 0 by default: the committed runs' draws do not move.
+    old = {k: v for k, v in train_scenes.TYPE_WEIGHTS.items() if k not in ("position", "compare", "count_size")}
     _, with_position = train_scenes.conversation(5, 8, 0.7, random.Random(1), dict(train_scenes.TYPE_WEIGHTS), 0.3)
     _, without = train_scenes.conversation(5, 8, 0.7, random.Random(1), old, 0.3)
     assert with_position == without
