@@ -442,3 +442,39 @@ def test_the_size_diagnosis_splits_single_counts_by_the_objects_size():
         assert small and large
         assert found["count_one"][(kind, "small")] == [small, small, 0]
         assert found["count_one"][(kind, "large")] == [0, large, large]
+
+
+def test_the_count_context_probe_asks_one_count_first_and_last():
+    """benchmarks/count_context.py: the count question and its 15 companions are drawn from the
+    picture's seed alone, all distinct and answerable from the objects (recomputed here); each
+    answer's labelled span is found where a hand-made label row puts it; the summary's paired
+    counts and per-type tallies are counted here from hand-made results."""
+    context = _benchmark_module("count_context")
+    seed = context.PICTURE_SEED + 3
+    objects = scenes.scene_objects(seed)
+    count, others = context.turns(seed, objects)
+    again = context.turns(seed, objects)
+    assert (count, others) == again
+    assert count.type in ("count_color", "count_shape") and len(others) == context.OTHER_TURNS
+    assert len({q.text for q in [count, *others]}) == 1 + context.OTHER_TURNS
+    place = 0 if count.type == "count_color" else 1
+    word = count.text.split()[2]
+    value = word if place == 0 else next(s for s, plural in scenes.PLURALS.items() if plural == word)
+    assert count.answer == str(sum((o.color, o.shape)[place] == value for o in objects))
+    conversation = context.messages([count, *others])
+    assert conversation[0]["content"][0] == {"type": "image"} and len(conversation) == 32
+    assert all(m["content"][0]["type"] == "text" for m in conversation[1:])
+    assert conversation[0]["content"][-1]["text"].endswith(scenes.SHORT_ANSWER_SUFFIX)
+
+    import torch
+
+    labels = torch.tensor([-100, 5, 6, -100, -100, 7, -100, 8, 9, 10])
+    assert context.answer_spans(labels) == [(1, 3), (5, 6), (7, 10)]
+    result = {"first": [True, True, False, False, True], "last": [True, False, True, True, True],
+              "types": ["count_color", "count_shape", "count_shape", "count_color", "count_shape"],
+              "later_counts": [7, 9]}  # fmt: skip
+    summary = context.summary(result)
+    assert (summary["only_first"], summary["only_last"], summary["first_right"], summary["last_right"]) == (1, 2, 3, 4)
+    assert summary["by_type"] == {"count_color": {"asked": 2, "first": 1, "last": 2},
+                                  "count_shape": {"asked": 3, "first": 2, "last": 2}}  # fmt: skip
+    assert summary["other_counts_in_count_first_sequences"] == "7/9"

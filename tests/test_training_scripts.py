@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 shapes = pytest.importorskip("shapes")
@@ -629,3 +630,62 @@ def test_committed_curriculum_checkpoints_continue_like_the_shipped_weights():
         )
         for name in (assembly.ADAPTER_FILE, assembly.PROJECTOR_FILE):
             assert layout(folder / name) == layout(assembly.TRAINED_DIR / name), (folder.name, name)
+
+
+def test_independent_turns_are_each_the_question_asked_alone(tiny, monkeypatch):
+    """--independent-turns (run35): in the packed row every turn's hidden states equal those of a
+    forward of that question alone with its picture (the 4-D mask and the position ids are right,
+    padding included), each turn's tokens are the single-turn encoding's, and its labels are the
+    single-turn labels at the same tokens. The tiny model's template is not ChatML, so the labels
+    are the last three tokens of each single-turn encoding here."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    model, processor = tiny
+    monkeypatch.setattr(train_scenes, "answer_labels", lambda ids, tokenizer: torch.where(
+        torch.arange(ids.shape[1]) >= ids.shape[1] - 3, ids, torch.full_like(ids, -100)))  # fmt: skip
+    weights = train_scenes.parse_type_weights("count_color=3,count_shape=3,describe=0")
+    seeds = [scenes.TRAIN_SEED + 40, scenes.TRAIN_SEED + 41]
+    batch = train_scenes.independent_batch(processor, seeds, 3, 0.5, random.Random(2), weights, 0.5, True)
+    rng = random.Random(2)
+    with torch.no_grad():
+        packed = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                             attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).last_hidden_state  # fmt: skip
+        lengths = []
+        for row, seed in enumerate(seeds):
+            image, messages = train_scenes.conversation(seed, 3, 0.5, rng, weights, 0.5, True)
+            at = 0
+            for turn in range(3):
+                alone = [{"role": "user", "content": [{"type": "image"}, messages[2 * turn]["content"][-1]]},
+                         messages[2 * turn + 1]]  # fmt: skip
+                encoded = processor(images=[image], text=[processor.apply_chat_template(alone)], return_tensors="pt")
+                ids = encoded["input_ids"][0]
+                start = int((ids == processor.tokenizer.convert_tokens_to_ids(processor.image_token)).nonzero().max()) + 1
+                if turn == 0:
+                    at = start
+                    assert torch.equal(batch["input_ids"][row, :start], ids[:start])
+                span = slice(at, at + len(ids) - start)
+                assert torch.equal(batch["input_ids"][row, span], ids[start:])
+                assert torch.equal(batch["position_ids"][row, span], torch.arange(start, len(ids)))
+                labelled = batch["labels"][row, span] != -100
+                assert labelled.sum() == 3 and labelled[-3:].all()
+                reference = model.model(**encoded).last_hidden_state[0]
+                torch.testing.assert_close(packed[row, :start], reference[:start], atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(packed[row, span], reference[start:], atol=1e-5, rtol=1e-4)
+                at = span.stop
+            lengths.append(at)
+    assert lengths[0] != lengths[1] and max(lengths) == batch["input_ids"].shape[1]  # one row is padded
+    short = lengths.index(min(lengths))
+    assert (batch["labels"][short, min(lengths) :] == -100).all()
+
+
+def test_segment_mask_by_hand():
+    train_scenes = pytest.importorskip("train_scenes_model")
+    segment = torch.tensor([[0, 0, 1, 1, 2, -1]])
+    allowed = [[1, 0, 0, 0, 0, 0],
+               [1, 1, 0, 0, 0, 0],
+               [1, 1, 1, 0, 0, 0],
+               [1, 1, 1, 1, 0, 0],
+               [1, 1, 0, 0, 1, 0],   # turn 2 sees the shared start and itself, not turn 1
+               [1, 1, 0, 0, 0, 1]]   # padding: the start and itself  # fmt: skip
+    assert train_scenes.segment_mask(segment).tolist() == [[[[bool(v) for v in row] for row in allowed]]]
