@@ -20,7 +20,10 @@ Each training sequence is one picture and several question/answer turns about it
 mix the short-answer form (LLaVA-1.5's "Answer the question using a single word or phrase.") and the
 sentence form ("The star is red."), so `tokentrim chat` answers in English and `tokentrim eval` in
 one word. The loss covers the answers only, and is computed on those positions alone (the
-49,153-way output layer is not run over the visual tokens).
+49,153-way output layer is not run over the visual tokens). With `--independent-turns` each turn
+sees the picture and its own question only, as the evaluation asks it, while the visual tokens are
+still computed once per sequence (`single_turns`, run35): in a chained sequence a turn can lean on
+the answers above it.
 
 Pictures come from seeds TRAIN_SEED + n (and ALIGN_SEED + n in stage 0; scenes.py); the evaluation
 set (EVAL_SEED) and the calibration set (CALIBRATION_SEED) are never drawn, and the held-out check
