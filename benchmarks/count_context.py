@@ -14,8 +14,8 @@ has learnt about the picture.
 
 Per picture (seeds PICTURE_SEED up: neither training, evaluation, calibration nor any other probe's),
 one count question (of a colour or of a shape, as scenes.make_question asks them) and 15 other
-questions drawn with run31's mix (train_scenes_model.conversation's draw, `--distinct`, every turn
-in the short-answer form). Two teacher-forced sequences: the count first then the 15, and the 15
+questions drawn with run31's mix as train_scenes_model.conversation draws them (`--distinct`; every
+turn in the short-answer form except a description). Two teacher-forced sequences: the count first then the 15, and the 15
 then the count. The count is right when every token of its answer is the argmax there. The table
 pairs the two answers per picture (McNemar, benchmarks/paired_comparison.py). Nothing trains; the
 weights are a folder as the training script writes them (default: the shipped ones).
