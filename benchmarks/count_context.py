@@ -53,13 +53,8 @@ def turns(seed: int, objects) -> tuple[scenes.Question, list[scenes.Question]]:
     rng = random.Random(f"count-context-{seed}")
     count = scenes.make_question(rng.choice(("count_color", "count_shape")), objects, rng)
     asked, others = {count.text}, []
-    kinds = list(OTHER_WEIGHTS)
     while len(others) < OTHER_TURNS:
-        kind = rng.choices(kinds, weights=[OTHER_WEIGHTS[k] for k in kinds])[0]
-        if kind in training.TRAINING_ONLY:
-            question = training.TRAINING_ONLY[kind](objects, rng)
-        else:
-            question = scenes.make_question(kind, objects, rng)
+        question = training.draw_question(objects, rng, OTHER_WEIGHTS)
         if question is not None and question.text not in asked:
             asked.add(question.text)
             others.append(question)

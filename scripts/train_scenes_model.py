@@ -254,12 +254,28 @@ def size_count_question(objects, rng: random.Random) -> scenes.Question:
     size = rng.choice(tuple(scenes.SIZES))
     n = sum(o.shape == shape and o.size == size for o in objects)
     plural = f"{size} {scenes.PLURALS[shape]}"
-    verb = "is" if n == 1 else "are"
-    sentence = f"There {verb} {scenes.count_word(n, f'{size} {shape}', plural)}." if n else f"There are no {plural}."
+    sentence = scenes.count_sentence(n, f"{size} {shape}", plural)
     return scenes.Question("count_size", f"How many {plural} are there?", str(n), sentence)
 
 
 TRAINING_ONLY = {"position": position_question, "compare": compare_question, "count_size": size_count_question}
+
+
+def draw_question(
+    objects, rng: random.Random, weights: dict[str, float],
+    relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS),
+) -> scenes.Question | None:  # fmt: skip
+    """One question about `objects`, its type drawn by `weights` (training-only types included), or
+    None when the picture cannot support the drawn type."""
+    kinds = list(weights)
+    kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
+    if kind in TRAINING_ONLY:
+        return TRAINING_ONLY[kind](objects, rng)
+    if kind == "spatial" and isinstance(relations, dict):
+        return weighted_spatial_question(objects, rng, relations)
+    if kind == "spatial":
+        return scenes.spatial_question(objects, rng, relations)
+    return scenes.make_question(kind, objects, rng)
 
 
 def conversation(
@@ -273,22 +289,13 @@ def conversation(
     questions ask only about `relations` (all four draw as scenes.make_question does), each as often
     as its weight when `relations` is a dict of weights (parse_relations)."""
     image, objects = training_scene(seed, narrow_share, small_share, few_share)
-    kinds = list(weights)
     messages = []
     asked: set[str] = set()
     for turn in range(turns):
         question = None
         tries = 0
         while question is None:
-            kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
-            if kind in TRAINING_ONLY:
-                question = TRAINING_ONLY[kind](objects, rng)
-            elif kind == "spatial" and isinstance(relations, dict):
-                question = weighted_spatial_question(objects, rng, relations)
-            elif kind == "spatial":
-                question = scenes.spatial_question(objects, rng, relations)
-            else:
-                question = scenes.make_question(kind, objects, rng)
+            question = draw_question(objects, rng, weights, relations)
             tries += 1
             if distinct and question is not None and question.text in asked and tries < 20:
                 question = None

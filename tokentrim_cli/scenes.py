@@ -207,6 +207,13 @@ def count_word(n: int, singular: str, plural: str) -> str:
     return f"{n} {singular if n == 1 else plural}"
 
 
+def count_sentence(n: int, singular: str, plural: str) -> str:
+    """A count question's answer as a sentence: "There is 1 red object.", "There are no stars."."""
+    if not n:
+        return f"There are no {plural}."
+    return f"There {'is' if n == 1 else 'are'} {count_word(n, singular, plural)}."
+
+
 def make_question(kind: str, objects: list[SceneObject], rng: random.Random) -> Question | None:
     """One question of `kind` about the scene, or None when the scene cannot support it."""
     if kind == "describe":
@@ -217,16 +224,13 @@ def make_question(kind: str, objects: list[SceneObject], rng: random.Random) -> 
         present = sorted({o.color for o in objects})
         color = rng.choice(present) if rng.random() < 0.8 else rng.choice(tuple(COLORS))
         n = sum(o.color == color for o in objects)
-        noun = count_word(n, f"{color} object", f"{color} objects")
-        verb = "is" if n == 1 else "are"
-        sentence = f"There {verb} {noun}." if n else f"There are no {color} objects."
+        sentence = count_sentence(n, f"{color} object", f"{color} objects")
         return Question(kind, f"How many {color} objects are there?", str(n), sentence)
     if kind == "count_shape":
         present = sorted({o.shape for o in objects})
         shape = rng.choice(present) if rng.random() < 0.8 else rng.choice(SHAPES)
         n = sum(o.shape == shape for o in objects)
-        verb = "is" if n == 1 else "are"
-        sentence = f"There {verb} {count_word(n, shape, PLURALS[shape])}." if n else f"There are no {PLURALS[shape]}."
+        sentence = count_sentence(n, shape, PLURALS[shape])
         return Question(kind, f"How many {PLURALS[shape]} are there?", str(n), sentence)
     if kind == "color":
         named = [(o, n) for o in objects if (n := name_without_color(o, objects))]
