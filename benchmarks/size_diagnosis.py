@@ -3,6 +3,7 @@ result, and (`--probe N`) of the default model's own visual features.
 
     python benchmarks/size_diagnosis.py benchmarks/results/eval-scenes-full-cpu.json
     python benchmarks/size_diagnosis.py benchmarks/results/eval-scenes-full-cpu.json --probe 1500
+    python benchmarks/size_diagnosis.py benchmarks/results/eval-scenes-full-cpu.json --probe 1000 --patches
 
 Scenes draw objects in two sizes (scenes.SIZES): a small one (radius 14 px) covers about 2x2 of the
 tower's 14-px patches, a large one (30 px) about 4x4. From the eval JSON (nothing is run):
@@ -27,8 +28,11 @@ accuracy on the evaluation pictures' objects, small and large apart, says whethe
 is there for the decoder to use: a probe near 100% where the model's answers are at 80% puts the
 loss in the decoder (training), a probe near the answers puts it in the features. Two more probes
 read whether an object lies left or right (top or bottom) of the middle from the features alone,
-without the token's place in the sequence: what the spatial questions compare. Needs the carrier
-packages (tokentrim_cli/assembly.py); ~3 minutes of tower forwards per 1,000 pictures on 2 cores.
+without the token's place in the sequence: what the spatial questions compare. With `--patches`
+the same probes read every patch an object covers alone (each labelled with that object), not the
+object's mean: whether a single visual token carries its object's colour and shape, or only the
+object's patches together do. Needs the carrier packages (tokentrim_cli/assembly.py); ~3 minutes
+of tower forwards per 1,000 pictures on 2 cores.
 
 Markdown on stdout.
 """
@@ -147,14 +151,28 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
 # ---- the probes ---------------------------------------------------------------------------------
 
 
-def object_means(features, objects: list[scenes.SceneObject]):
-    """(objects, D): each object's mean feature over the patches it covers (row-major patches)."""
+def patch_owners(features, objects: list[scenes.SceneObject]):
+    """Per patch of `features` (row-major), the index of the object covering it, or -1."""
     import torch
     from train_scenes_model import patch_objects
 
     grid = int(round(features.shape[0] ** 0.5))
-    owner = torch.tensor(patch_objects(objects, grid, scenes.SIZE / grid))
+    return torch.tensor(patch_objects(objects, grid, scenes.SIZE / grid))
+
+
+def object_means(features, objects: list[scenes.SceneObject]):
+    """(objects, D): each object's mean feature over the patches it covers (row-major patches)."""
+    import torch
+
+    owner = patch_owners(features, objects)
     return torch.stack([features[owner == i].float().mean(0) for i in range(len(objects))])
+
+
+def object_patches(features, objects: list[scenes.SceneObject]):
+    """((patches covered by an object, D), the object covering each): every covered patch alone."""
+    owner = patch_owners(features, objects)
+    covered = (owner >= 0).nonzero().squeeze(1)
+    return features[covered].float(), [objects[i] for i in owner[covered].tolist()]
 
 
 def fit_probe(train_x, train_y, classes: int, steps: int = 300, weight_decay: float = 1e-3):
@@ -178,9 +196,10 @@ def fit_probe(train_x, train_y, classes: int, steps: int = 300, weight_decay: fl
     return lambda features: linear((features - mean) / std).argmax(-1)
 
 
-def probe_features(model, processor, seeds: list[int]) -> tuple[dict, list[scenes.SceneObject]]:
-    """{"tower": (objects, D), "projector": (objects, D')} over every object of the pictures, and
-    the objects in the same order."""
+def probe_features(model, processor, seeds: list[int], pooling: str = "object") -> tuple[dict, list[scenes.SceneObject]]:
+    """{"tower": (rows, D), "projector": (rows, D')} and the object of each row, over every object
+    of the pictures: a row is an object's mean over its patches (pooling "object") or one patch an
+    object covers (pooling "patch")."""
     import torch
 
     layer = model.config.vision_feature_layer
@@ -195,10 +214,14 @@ def probe_features(model, processor, seeds: list[int]) -> tuple[dict, list[scene
         width = tower.shape[-1]
         for n, (_, objects) in enumerate(drawn):
             # one pooling (patch_objects walks every patch per object) for both features, side by side
-            means = object_means(torch.cat([tower[n].float(), projected[n].float()], dim=-1), objects)
-            found["tower"].append(means[:, :width])
-            found["projector"].append(means[:, width:])
-            every += objects
+            both = torch.cat([tower[n].float(), projected[n].float()], dim=-1)
+            if pooling == "object":
+                rows, owners = object_means(both, objects), objects
+            else:
+                rows, owners = object_patches(both, objects)
+            found["tower"].append(rows[:, :width])
+            found["projector"].append(rows[:, width:])
+            every += owners
     return {name: torch.cat(parts) for name, parts in found.items()}, every
 
 
@@ -219,8 +242,9 @@ def attribute_label(o: scenes.SceneObject, attribute: str) -> int | None:
     return int(where > scenes.SIZE / 2)
 
 
-def run_probes(train_pictures: int, weights: Path, log) -> dict:
-    """{(feature, attribute, size): [right, objects]} on the evaluation pictures' objects."""
+def run_probes(train_pictures: int, weights: Path, log, pooling: str = "object") -> dict:
+    """{(feature, attribute, size): [right, rows]} on the evaluation pictures' objects (pooling
+    "object": one row per object) or on their patches (pooling "patch": one row per covered patch)."""
     import torch
     from safetensors.torch import load_file
 
@@ -230,9 +254,9 @@ def run_probes(train_pictures: int, weights: Path, log) -> dict:
     model.model.multi_modal_projector.load_state_dict(load_file(weights / assembly.PROJECTOR_FILE))
     model.eval()
     log(f"tower features of {train_pictures} probe pictures")
-    train, train_objects = probe_features(model, processor, [PROBE_SEED + i for i in range(train_pictures)])
+    train, train_objects = probe_features(model, processor, [PROBE_SEED + i for i in range(train_pictures)], pooling)
     log(f"tower features of the {scenes.EVAL_PICTURES} evaluation pictures")
-    test, test_objects = probe_features(model, processor, [scenes.EVAL_SEED + i for i in range(scenes.EVAL_PICTURES)])
+    test, test_objects = probe_features(model, processor, [scenes.EVAL_SEED + i for i in range(scenes.EVAL_PICTURES)], pooling)
     out = {}
     for attribute in ATTRIBUTES:
         for feature in ("tower", "projector"):
@@ -261,6 +285,8 @@ def main() -> None:
     parser.add_argument("eval_json", type=Path)
     parser.add_argument("--profile", default="baseline")
     parser.add_argument("--probe", type=int, default=0, metavar="N", help="also fit the probes on N pictures")
+    parser.add_argument("--patches", action="store_true",
+                        help="probe every patch an object covers alone, not each object's mean over them")  # fmt: skip
     parser.add_argument("--weights", type=Path, default=ROOT / "tokentrim_cli" / "scenes_model",
                         help="the trained projector's folder (for the projector's probe)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
@@ -310,9 +336,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         if warning := slow_cpu_dtype_warning("bfloat16", "cpu"):  # the probes' features are computed in bf16
             print(f"Warning: {warning}", file=sys.stderr)
-        probes = run_probes(args.probe, args.weights, lambda message: print(f"<!-- {message} -->", file=sys.stderr))
+        pooling = "patch" if args.patches else "object"
+        log = lambda message: print(f"<!-- {message} -->", file=sys.stderr)  # noqa: E731
+        probes = run_probes(args.probe, args.weights, log, pooling)
+        rows = "single patches an object covers" if args.patches else "objects (each its mean over the patches it covers)"
         print(f"\nLinear probes ({args.probe} probe pictures, seeds {PROBE_SEED} up; tested on the evaluation "
-              f"pictures' objects; weights {args.weights.name}):\n")  # fmt: skip
+              f"pictures' {rows}; weights {args.weights.name}):\n")  # fmt: skip
         print("| feature | " + " | ".join(f"{a}, {s}" for a in ATTRIBUTES for s in SIZES) + " |")
         print("|---|" + "---|" * (len(ATTRIBUTES) * len(SIZES)))
         for feature in ("tower", "projector"):

@@ -165,32 +165,45 @@ def token_positions(tokenizer, text: str, names: tuple[str, str]) -> dict[str, i
 
 def decoder_states(loaded, items: list[tuple[object, list[scenes.SceneObject], scenes.Question]], log, batch_size: int = 8):
     """(questions, layers + 1, 3, hidden): the residual stream after the embeddings and after
-    every decoder layer, at the first name's last token, the second's and the prompt's last. The
-    prompts go in batches as eval sends them (padded on the left, so that positions counted from
-    the end hold in every row)."""
+    every decoder layer, at the first name's last token, the second's and the prompt's last."""
+    rows = []
+    for picture, objects, question in items:
+        _, first, _, second = named_pair(question, objects)
+        text = build_prompt_text(loaded, question.prompt)
+        found = token_positions(loaded.processor.tokenizer, text, (first, second))
+        rows.append((picture, question.prompt, [found["first"], found["second"], found["end"]]))
+    return residual_stream(loaded, rows, log, batch_size)
+
+
+def build_prompt_text(loaded, prompt: str) -> str:
+    """The templated text of a one-picture prompt, as eval sends it (before the image's expansion)."""
+    from tokentrim_cli.inputs import build_prompt, chat_messages
+
+    return build_prompt(loaded.processor, chat_messages(prompt, n_images=1))
+
+
+def residual_stream(loaded, rows: list[tuple[object, str, list[int]]], log, batch_size: int = 8):
+    """(rows, layers + 1, positions, hidden): for each (picture, prompt, positions counted back
+    from the prompt's last token), the residual stream after the embeddings and after every
+    decoder layer at those positions. The prompts go in batches as eval sends them (padded on the
+    left, so that positions counted from the end hold in every row)."""
     import torch
 
     from tokentrim_cli.generation import prepare_batch
-    from tokentrim_cli.inputs import LoadedImage, build_prompt, chat_messages
+    from tokentrim_cli.inputs import LoadedImage
 
-    rows = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        where = []
-        for _, objects, question in chunk:
-            _, first, _, second = named_pair(question, objects)
-            text = build_prompt(loaded.processor, chat_messages(question.prompt, n_images=1))
-            found = token_positions(loaded.processor.tokenizer, text, (first, second))
-            where.append([found["first"], found["second"], found["end"]])
-        inputs = prepare_batch(loaded, [([LoadedImage("scene", picture)], question.prompt) for picture, _, question in chunk])
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        inputs = prepare_batch(loaded, [([LoadedImage("scene", picture)], prompt) for picture, prompt, _ in chunk])
         with torch.no_grad():
             states = loaded.model(**inputs, output_hidden_states=True).hidden_states
-        at = torch.tensor(where) + states[0].shape[1]  # (chunk, 3) from the end -> from the start
-        picked = [layer[torch.arange(len(chunk))[:, None], at] for layer in states]  # each (chunk, 3, hidden)
-        rows.append(torch.stack(picked, dim=1).float())
+        at = torch.tensor([where for _, _, where in chunk]) + states[0].shape[1]  # from the end -> from the start
+        picked = [layer[torch.arange(len(chunk))[:, None], at] for layer in states]  # each (chunk, positions, hidden)
+        out.append(torch.stack(picked, dim=1).float())
         if (start // batch_size + 1) % 10 == 0:
-            log(f"{start + len(chunk)}/{len(items)} questions")
-    return torch.cat(rows)
+            log(f"{start + len(chunk)}/{len(rows)} questions")
+    return torch.cat(out)
 
 
 def probe_questions(count: int) -> list[tuple[int, scenes.Question]]:

@@ -337,7 +337,8 @@ def test_the_size_diagnosis_finds_the_asked_object_and_splits_by_size():
 
 
 def test_the_size_diagnosis_probe_pools_an_objects_patches_and_learns():
-    """The probe's feature of an object is the mean over the patches it covers; the probe separates
+    """The probe's feature of an object is the mean over the patches it covers (with --patches, each
+    of those patches alone, labelled with that object); the probe separates
     separable classes (and is not handed the answer: shuffled labels stay near chance)."""
     import torch
 
@@ -349,6 +350,10 @@ def test_the_size_diagnosis_probe_pools_an_objects_patches_and_learns():
     assert means[0].item() == 5 * 24 + 7
     covered = [r * 24 + c for r in range(24) for c in range(24) if ((c * 14 + 7 - 168) ** 2 + (r * 14 + 7 - 168) ** 2) ** 0.5 < 22.5]
     assert len(covered) == 12 and means[1].item() == pytest.approx(sum(covered) / len(covered))
+    rows, owners = diagnosis.object_patches(features, [centred, large])  # --patches: each covered patch alone
+    assert sorted(rows[:, 0].tolist()) == sorted([5 * 24 + 7, *covered])
+    assert [o for value, o in zip(rows[:, 0].tolist(), owners) if value == 5 * 24 + 7] == [centred]
+    assert all(o is large for value, o in zip(rows[:, 0].tolist(), owners) if value in covered)
 
     left_top = scenes.SceneObject("star", "red", "small", 100, 100, 14)
     right_bottom = scenes.SceneObject("cross", "white", "large", 250, 300, 30)
@@ -478,3 +483,58 @@ def test_the_count_context_probe_asks_one_count_first_and_last():
     assert summary["by_type"] == {"count_color": {"asked": 2, "first": 1, "last": 2},
                                   "count_shape": {"asked": 3, "first": 2, "last": 2}}  # fmt: skip
     assert summary["other_counts_in_count_first_sequences"] == "7/9"
+
+
+def test_the_count_probe_reads_the_count_where_it_is_written():
+    """benchmarks/count_diagnosis.py on made-up decoder states: the count (0, 1, 2, 3 or more,
+    recomputed here from the objects, not from the question's answer) is written only at the
+    prompt's last token and only from layer 2 on. The probes must find it there and nowhere else,
+    the layer chosen on the probe questions must be one where it is written, and the breakdown by
+    count and by the lone object's size is counted here by hand."""
+    import torch
+
+    diagnosis = _benchmark_module("count_diagnosis")
+    generator = torch.Generator().manual_seed(0)
+    kind = "count_shape"
+    train = diagnosis.probe_questions(kind, 200)
+    test = [(s.seed, s.question) for s in scenes.evaluation_questions() if s.question.type == kind][:100]
+    assert all(diagnosis.PROBE_SEED <= seed < scenes.TRAIN_SEED for seed, _ in train)
+    assert diagnosis.PROBE_SEED >= _benchmark_module("count_context").PICTURE_SEED + 10_000
+    assert all(q.type == kind for _, q in train)
+
+    def truth(seed, question):
+        shape = next(s for s, plural in scenes.PLURALS.items() if question.text == f"How many {plural} are there?")
+        return min(sum(o.shape == shape for o in scenes.scene_objects(seed)), 3)
+
+    pending = [train, test]  # run_probes reads the probe questions' states, then the test questions'
+
+    def written(loaded, items, log):
+        pairs = pending.pop(0)
+        assert [q for _, q in items] == [q for _, q in pairs]
+        states = torch.randn(len(items), 4, 2, 6, generator=generator)
+        for n, (seed, question) in enumerate(pairs):
+            states[n, 2:, 1, truth(seed, question)] += 5
+        return states
+
+    diagnosis.decoder_states = written
+    found = diagnosis.run_probes(None, kind, train, test, lambda message: None)
+    assert not pending
+    assert found["truth"] == [truth(seed, q) for seed, q in test]
+    end, counted = found["layers"]["end"], found["layers"]["counted"]
+    assert max(end[:2]) < 0.75 and min(end[2:]) > 0.95
+    assert max(counted) < 0.75
+    assert found["chosen"]["end"] >= 2
+    assert sum(p == t for p, t in zip(found["predicted"]["end"], found["truth"])) >= 95
+    shares = Counter(found["truth"])
+    assert found["majority"] == pytest.approx(shares[1] / 100)  # "1" is the commonest count
+
+    sizes = [diagnosis.one_object_size(seed, q) for seed, q in test]
+    for (seed, q), size in zip(test, sizes):
+        shape = next(s for s, plural in scenes.PLURALS.items() if q.text == f"How many {plural} are there?")
+        lone = [o for o in scenes.scene_objects(seed) if o.shape == shape]
+        assert size == (lone[0].size if len(lone) == 1 else None)
+    said = [None, 2, 1, 0, 3]
+    split = diagnosis.breakdown(said, [1, 1, 1, 0, 3], ["small", "large", "small", None, None])
+    assert split["by count"] == {0: [1, 1], 1: [1, 3], 2: [0, 0], 3: [1, 1]}
+    assert split["one object"] == {"small": [1, 2, 0], "large": [0, 1, 1]}
+    assert [diagnosis.answer_class(a) for a in ("2", "Two.", "five", "7", "yes")] == [2, 2, 3, 3, None]

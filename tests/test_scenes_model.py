@@ -198,3 +198,112 @@ def test_the_spatial_probe_reads_the_named_objects_tokens(scenes_model):
         assert tokenizer.decode(ids[-1:]) == "\n"  # the assistant header's end: where the answer starts
         for slot, at in enumerate((where["first"], where["second"], -1)):
             assert torch.equal(row[0, slot], embed(ids[at : at + 1 if at != -1 else None])[0].float())
+
+
+def test_the_count_probe_reads_the_counted_words_token(scenes_model):
+    """benchmarks/count_diagnosis.py: the tokens it reads are the last token of what is counted
+    ("stars", "red objects") and the prompt's last, in the very inputs eval gives the model: the
+    states it keeps after the embeddings are those tokens' input embeddings."""
+    import importlib.util
+
+    import torch
+
+    path = ROOT / "benchmarks" / "count_diagnosis.py"
+    spec = importlib.util.spec_from_file_location("count_diagnosis", path)
+    diagnosis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnosis)
+    from tokentrim_cli.generation import prepare_inputs
+    from tokentrim_cli.inputs import LoadedImage
+
+    samples = scenes.evaluation_questions()
+    chosen = [next(s for s in samples if s.question.type == kind) for kind in ("count_color", "count_shape")]
+    items = [(scenes.picture(s.seed), s.question) for s in chosen]
+    states = diagnosis.decoder_states(scenes_model, items, lambda message: None)
+    layers = len(scenes_model.model.model.language_model.layers)
+    assert states.shape == (2, layers + 1, 2, scenes_model.model.config.text_config.hidden_size)
+    embed = scenes_model.model.get_input_embeddings()
+    tokenizer = scenes_model.processor.tokenizer
+    for (picture, question), row in zip(items, states):
+        phrase = re.fullmatch(r"How many (\w+(?: objects)?) are there\?", question.text).group(1)
+        ids = prepare_inputs(scenes_model, [LoadedImage("scene", picture)], question.prompt)["input_ids"][0]
+        text = tokenizer.decode(ids)
+        at = diagnosis.counted_position(tokenizer, text[text.rindex("<|im_start|>user"):], phrase)
+        assert tokenizer.decode(ids[: len(ids) + at + 1]).endswith(f"How many {phrase}")
+        assert not tokenizer.decode(ids[: len(ids) + at]).endswith(f"How many {phrase}")
+        assert tokenizer.decode(ids[-1:]) == "\n"  # the assistant header's end: where the answer starts
+        assert torch.equal(row[0, 0], embed(ids[at : at + 1])[0].float())
+        assert torch.equal(row[0, 1], embed(ids[-1:])[0].float())
+
+
+def test_the_count_attention_share_counts_the_counted_objects_patches(scenes_model):
+    """benchmarks/count_diagnosis.py --attention on a made-up attention: in layer 1 every query
+    attends only to the counted objects' patches (share 1, none to their kin); in layer 2 the
+    counted phrase's last token and the prompt's last attend evenly to every patch (each group's
+    share: its part of the object patches) and every other query only to the background. The
+    patches an object covers are recomputed here from the geometry (centre within 0.75 of the
+    radius, and the patch under the centre), the kin (uncounted, sharing the attribute not asked
+    with a counted object) from the objects, and the query rows from the decoded tokens."""
+    import importlib.util
+    import math
+    import types
+
+    import torch
+
+    path = ROOT / "benchmarks" / "count_diagnosis.py"
+    spec = importlib.util.spec_from_file_location("count_diagnosis", path)
+    diagnosis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnosis)
+    tokenizer = scenes_model.processor.tokenizer
+    image_token = scenes_model.model.config.image_token_id
+    samples = scenes.evaluation_questions()
+    chosen = diagnosis.attention_questions(samples, "count_shape", 2) + diagnosis.attention_questions(samples, "count_color", 1)
+    items = [(*scenes.scene(seed), question) for seed, question in chosen]
+    expected_blind = []
+
+    def covered(objects, counted):
+        cells = set()
+        for o in objects:
+            if counted(o):
+                cells |= {(r, c) for r in range(24) for c in range(24) if math.hypot(c * 14 + 7 - o.x, r * 14 + 7 - o.y) < 0.75 * o.radius}
+                cells.add((min(23, int(o.y // 14)), min(23, int(o.x // 14))))
+        return cells
+
+    class Attending:  # what prepare_batch and counted_attention use of a model
+        config, device, dtype = scenes_model.model.config, torch.device("cpu"), torch.float32
+
+        def __call__(self, input_ids, output_attentions=False, **ignored):
+            batch, length = input_ids.shape
+            layers = torch.zeros(2, batch, 3, length, length)
+            for n, (_, objects, question) in enumerate(items_now):
+                phrase = question.text.removeprefix("How many ").removesuffix(" are there?")
+                shape = next((s for s, plural in scenes.PLURALS.items() if plural == phrase), None)
+                wanted = (lambda o: o.shape == shape) if shape else (lambda o: o.color == phrase.split()[0])
+                other = {o.color if shape else o.shape for o in objects if wanted(o)}
+                kin = (lambda o: not wanted(o) and o.color in other) if shape else (lambda o: not wanted(o) and o.shape in other)
+                counted_cells, object_cells = covered(objects, wanted), covered(objects, lambda o: True)
+                kin_cells = covered(objects, kin)
+                visual = (input_ids[n] == image_token).nonzero().squeeze(1).tolist()
+                cell = {(i // 24, i % 24): at for i, at in enumerate(visual)}
+                ids = input_ids[n].tolist()
+                query = next(i for i in range(length) if tokenizer.decode(ids[: i + 1]).endswith(f"How many {phrase}"))
+                for at in (cell[c] for c in counted_cells):
+                    layers[0, n, :, :, at] = 1 / len(counted_cells)
+                background = [cell[c] for c in cell if c not in object_cells]
+                layers[1, n, :, :, background] = 1 / len(background)
+                for row in (query, length - 1):
+                    layers[1, n, :, row, :] = 0
+                    layers[1, n, :, row, visual] = 1 / len(visual)
+                expected_blind.append([len(counted_cells) / len(object_cells), len(kin_cells) / len(object_cells)])
+            return types.SimpleNamespace(attentions=tuple(layers))
+
+    fake = types.SimpleNamespace(model=Attending(), processor=scenes_model.processor)
+    items_now = items[:2]
+    shares, blind = diagnosis.counted_attention(fake, items_now, lambda message: None, batch_size=2)
+    items_now = items[2:]
+    more = diagnosis.counted_attention(fake, items_now, lambda message: None, batch_size=1)
+    shares, blind = torch.cat([shares, more[0]]), torch.cat([blind, more[1]])
+    assert shares.shape == (3, 2, 3, 2, 2)
+    assert torch.allclose(shares[:, 0, :, :, 0], torch.ones(3, 3, 2)) and not shares[:, 0, :, :, 1].any()
+    assert [pytest.approx(row) for row in blind.tolist()] == expected_blind
+    assert all(0 < counted < 1 for counted, _ in expected_blind) and any(kin > 0 for _, kin in expected_blind)
+    assert torch.allclose(shares[:, 1], blind[:, None, None, :].expand(3, 3, 2, 2))
