@@ -33,7 +33,9 @@ position=N` adds a training-only question, where one named object lies in the pi
 (`position_question`), and `--distinct` asks no question twice in a sequence (run 9, aimed at the
 spatial questions); `compare=N` another, which of two named objects is further left, right, up or
 down, answered with the object (`compare_question`, run 11); `count_size=N` a shape's count among
-the objects of one size ("How many large stars are there?", `size_count_question`, run 34).
+the objects of one size ("How many large stars are there?", `size_count_question`, run 34);
+`shape_colors=N` the colour of every object of one shape, left to right ("What colors are the
+stars?" -> "red and blue", `shape_colors_question`, run 36).
 `--small-share` draws that share of the pictures with small objects alone (run 12), `--few-share`
 with two or three objects (run 14).
 `--relations left` asks the spatial questions about that relation alone (run 17);
@@ -103,11 +105,11 @@ def use_precision(precision: str) -> None:
 HOLDOUT_SEED = 900_000  # held-out pictures for monitoring: neither training, evaluation nor calibration
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Question types per turn (`--type-weights` overrides): describe is long, so it comes less often per turn.
-# `position`, `compare` and `count_size` are training-only questions (position_question,
-# compare_question, size_count_question below), off unless given a weight, so the committed runs'
-# draws replay unchanged.
+# `position`, `compare`, `count_size` and `shape_colors` are training-only questions
+# (position_question, compare_question, size_count_question, shape_colors_question below), off
+# unless given a weight, so the committed runs' draws replay unchanged.
 TYPE_WEIGHTS = {"count_color": 3, "count_shape": 3, "color": 3, "shape": 3, "exist": 3, "spatial": 4, "describe": 1,
-                "position": 0, "compare": 0, "count_size": 0}  # fmt: skip
+                "position": 0, "compare": 0, "count_size": 0, "shape_colors": 0}  # fmt: skip
 
 
 def parse_type_weights(text: str) -> dict[str, float]:
@@ -258,7 +260,23 @@ def size_count_question(objects, rng: random.Random) -> scenes.Question:
     return scenes.Question("count_size", f"How many {plural} are there?", str(n), sentence)
 
 
-TRAINING_ONLY = {"position": position_question, "compare": compare_question, "count_size": size_count_question}
+def shape_colors_question(objects, rng: random.Random) -> scenes.Question:
+    """"What colors are the stars?" -> "red and blue": the colour of every object of one shape, left
+    to right (a colour twice when two such objects share it). Not an evaluation type: on run31's
+    weights a shape's count is never formed in the decoder, which gathers a shape's objects less
+    selectively than a colour's (61% against 75% of its attention, benchmarks/count_diagnosis.py),
+    while every visual token carries its object's shape. This question asks for that gathering
+    with an answer the decoder already reads well (colours), and its answer is wrong unless every
+    object of the shape, and no other, is gathered (run36). The shape is one in the picture."""
+    shape = rng.choice(sorted({o.shape for o in objects}))
+    colors = [o.color for o in sorted(objects, key=lambda o: o.x) if o.shape == shape]
+    listed = ", ".join(colors[:-1]) + f" and {colors[-1]}" if len(colors) > 1 else colors[0]
+    sentence = f"The {scenes.PLURALS[shape]} are {listed}." if len(colors) > 1 else f"The {shape} is {listed}."
+    return scenes.Question("shape_colors", f"What colors are the {scenes.PLURALS[shape]}?", listed, sentence)
+
+
+TRAINING_ONLY = {"position": position_question, "compare": compare_question, "count_size": size_count_question,
+                 "shape_colors": shape_colors_question}  # fmt: skip
 
 
 def draw_question(

@@ -467,6 +467,32 @@ def test_size_count_questions_count_one_shape_of_one_size():
     assert narrower >= 30
 
 
+
+def test_shape_colors_questions_list_every_object_of_the_shape_left_to_right():
+    """The training-only "What colors are the stars?", checked from the object list: the shape is
+    read back from the question's words, and the answer is that shape's objects' colours, left to
+    right by centre, worked out here (a colour repeated when two of them share it)."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    shape_of = {plural: shape for shape, plural in scenes.PLURALS.items()}
+    rng = random.Random(5)
+    lengths, repeats = Counter(), 0
+    for seed in range(200):
+        _, objects = scenes.scene(scenes.TRAIN_SEED + seed)
+        question = train_scenes.shape_colors_question(objects, rng)
+        shape = shape_of[question.text.removeprefix("What colors are the ").removesuffix("?")]
+        mine = sorted((o for o in objects if o.shape == shape), key=lambda o: o.x)
+        words = [o.color for o in mine]
+        expected = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+        assert question.type == "shape_colors" and question.answer == expected, question.text
+        assert question.sentence == (f"The {shape} is {expected}." if len(words) == 1 else f"The {scenes.PLURALS[shape]} are {expected}.")
+        lengths[min(len(words), 3)] += 1
+        repeats += len(set(words)) < len(words)
+    assert lengths[1] >= 50 and lengths[2] >= 20 and lengths[3] >= 3  # one, two and more objects asked about
+    assert repeats >= 1
+
+
 def test_distinct_sequences_ask_no_question_twice_and_old_mixes_replay():
     train_scenes = pytest.importorskip("train_scenes_model")
 
@@ -476,7 +502,7 @@ def test_distinct_sequences_ask_no_question_twice_and_old_mixes_replay():
         prompts = [m["content"][-1]["text"].split("\n")[0] for m in messages if m["role"] == "user"]
         assert len(prompts) == 14 and len(set(prompts)) == 14
     # The training-only questions are in TYPE_WEIGHTS with weight 0 by default: the committed runs' draws do not move.
-    old = {k: v for k, v in train_scenes.TYPE_WEIGHTS.items() if k not in ("position", "compare", "count_size")}
+    old = {k: v for k, v in train_scenes.TYPE_WEIGHTS.items() if k not in ("position", "compare", "count_size", "shape_colors")}
     _, with_position = train_scenes.conversation(5, 8, 0.7, random.Random(1), dict(train_scenes.TYPE_WEIGHTS), 0.3)
     _, without = train_scenes.conversation(5, 8, 0.7, random.Random(1), old, 0.3)
     assert with_position == without
