@@ -151,10 +151,10 @@ def run_probes(loaded, kind: str, train: list[tuple[int, scenes.Question]], test
     for slot, position in enumerate(POSITIONS):
         tested, validated = [], []
         for layer in range(train_states.shape[1]):
+            predict = fit_probe(train_states[:, layer, slot], y_train, classes)
+            early = fit_probe(train_states[:fit_rows, layer, slot], y_train[:fit_rows], classes)
             with torch.no_grad():
-                predict = fit_probe(train_states[:, layer, slot], y_train, classes)
                 tested.append((predict(test_states[:, layer, slot]) == y_test).float().mean().item())
-                early = fit_probe(train_states[:fit_rows, layer, slot], y_train[:fit_rows], classes)
                 validated.append((early(train_states[fit_rows:, layer, slot]) == y_train[fit_rows:]).float().mean().item())
         chosen = max(range(len(validated)), key=lambda layer: (validated[layer], layer))
         predict = fit_probe(train_states[:, chosen, slot], y_train, classes)
