@@ -141,8 +141,8 @@ def run_probes(loaded, kind: str, train: list[tuple[int, scenes.Question]], test
     import torch
 
     log(f"{kind}: decoder states of {len(train)} probe and {len(test)} evaluation questions")
-    train_states = decoder_states(loaded, [(scenes.scene(seed)[0], q) for seed, q in train], log)
-    test_states = decoder_states(loaded, [(scenes.scene(seed)[0], q) for seed, q in test], log)
+    train_states = decoder_states(loaded, [(scenes.picture(seed), q) for seed, q in train], log)
+    test_states = decoder_states(loaded, [(scenes.picture(seed), q) for seed, q in test], log)
     y_train = torch.tensor([count_class(int(q.answer)) for _, q in train])
     y_test = torch.tensor([count_class(int(q.answer)) for _, q in test])
     fit_rows = len(train) - len(train) // 5
@@ -197,7 +197,7 @@ def counted_attention(loaded, items: list[tuple[object, list[scenes.SceneObject]
             text = build_prompt_text(loaded, question.prompt)
             at = torch.tensor([counted_position(loaded.processor.tokenizer, text, counted_phrase(question)), -1]) + length
             visual = (inputs["input_ids"][n] == image_token).nonzero().squeeze(1)  # the patches, row-major
-            owner = patch_owners(torch.zeros(len(visual), 1), objects)
+            owner = patch_owners(len(visual), objects)
             counted = counted_objects(question, objects)
             other = 1 if question.type == "count_color" else 0  # the attribute not asked: (colour, shape)[other]
             kin = {(c.color, c.shape)[other] for c in counted}

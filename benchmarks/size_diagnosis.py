@@ -151,12 +151,12 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
 # ---- the probes ---------------------------------------------------------------------------------
 
 
-def patch_owners(features, objects: list[scenes.SceneObject]):
-    """Per patch of `features` (row-major), the index of the object covering it, or -1."""
+def patch_owners(patches: int, objects: list[scenes.SceneObject]):
+    """Per patch of a square grid of `patches` (row-major), the index of the object covering it, or -1."""
     import torch
     from train_scenes_model import patch_objects
 
-    grid = int(round(features.shape[0] ** 0.5))
+    grid = int(round(patches**0.5))
     return torch.tensor(patch_objects(objects, grid, scenes.SIZE / grid))
 
 
@@ -164,13 +164,13 @@ def object_means(features, objects: list[scenes.SceneObject]):
     """(objects, D): each object's mean feature over the patches it covers (row-major patches)."""
     import torch
 
-    owner = patch_owners(features, objects)
+    owner = patch_owners(features.shape[0], objects)
     return torch.stack([features[owner == i].float().mean(0) for i in range(len(objects))])
 
 
 def object_patches(features, objects: list[scenes.SceneObject]):
     """((patches covered by an object, D), the object covering each): every covered patch alone."""
-    owner = patch_owners(features, objects)
+    owner = patch_owners(features.shape[0], objects)
     covered = (owner >= 0).nonzero().squeeze(1)
     return features[covered].float(), [objects[i] for i in owner[covered].tolist()]
 

@@ -166,18 +166,23 @@ def test_memory_estimate_reads_a_dinov2_tower(scenes_model):
     assert 0 < one < longer  # the KV cache of 1,000 more tokens is counted
 
 
+
+def _benchmark_module(name: str):
+    """A script of benchmarks/ as a module (the folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 def test_the_spatial_probe_reads_the_named_objects_tokens(scenes_model):
     """benchmarks/spatial_diagnosis.py --probe: the token positions it reads are the last tokens of
     the two objects' names and of the prompt, in the very inputs eval gives the model: the states it
     keeps after the embeddings are those tokens' input embeddings."""
-    import importlib.util
-
     import torch
 
-    path = ROOT / "benchmarks" / "spatial_diagnosis.py"
-    spec = importlib.util.spec_from_file_location("spatial_diagnosis", path)
-    diagnosis = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diagnosis)
+    diagnosis = _benchmark_module("spatial_diagnosis")
     from tokentrim_cli.generation import prepare_inputs
     from tokentrim_cli.inputs import LoadedImage
 
@@ -204,14 +209,9 @@ def test_the_count_probe_reads_the_counted_words_token(scenes_model):
     """benchmarks/count_diagnosis.py: the tokens it reads are the last token of what is counted
     ("stars", "red objects") and the prompt's last, in the very inputs eval gives the model: the
     states it keeps after the embeddings are those tokens' input embeddings."""
-    import importlib.util
-
     import torch
 
-    path = ROOT / "benchmarks" / "count_diagnosis.py"
-    spec = importlib.util.spec_from_file_location("count_diagnosis", path)
-    diagnosis = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diagnosis)
+    diagnosis = _benchmark_module("count_diagnosis")
     from tokentrim_cli.generation import prepare_inputs
     from tokentrim_cli.inputs import LoadedImage
 
@@ -243,16 +243,12 @@ def test_the_count_attention_share_counts_the_counted_objects_patches(scenes_mod
     patches an object covers are recomputed here from the geometry (centre within 0.75 of the
     radius, and the patch under the centre), the kin (uncounted, sharing the attribute not asked
     with a counted object) from the objects, and the query rows from the decoded tokens."""
-    import importlib.util
     import math
     import types
 
     import torch
 
-    path = ROOT / "benchmarks" / "count_diagnosis.py"
-    spec = importlib.util.spec_from_file_location("count_diagnosis", path)
-    diagnosis = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diagnosis)
+    diagnosis = _benchmark_module("count_diagnosis")
     tokenizer = scenes_model.processor.tokenizer
     image_token = scenes_model.model.config.image_token_id
     samples = scenes.evaluation_questions()
