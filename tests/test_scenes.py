@@ -8,6 +8,7 @@ import random
 from collections import Counter
 
 import pytest
+from benchmark_scripts import benchmark_module
 
 from tokentrim_cli import scenes
 
@@ -155,17 +156,6 @@ def test_the_evaluation_and_calibration_sets_are_the_measured_ones():
     assert digest(scenes.calibration_samples()) == "3145766cb5f50730dc77365768425bfdb0f94bae1a4edff4fb333c807f624001"
 
 
-def _benchmark_module(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _sample_id(samples, index: int) -> str:
     return f"{samples[index].seed - scenes.EVAL_SEED}-{index}"
 
@@ -173,7 +163,7 @@ def _sample_id(samples, index: int) -> str:
 def test_the_spatial_diagnosis_counts_order_and_answers_by_hand():
     """benchmarks/spatial_diagnosis.py on hand-made predictions: a description naming the objects
     in the order of their centres, the same reversed, and every spatial question answered "yes"."""
-    diagnosis = _benchmark_module("spatial_diagnosis")
+    diagnosis = benchmark_module("spatial_diagnosis")
     samples = scenes.evaluation_questions()
     index = next(i for i, s in enumerate(samples) if s.question.type == "describe")
     objects = scenes.place_objects(random.Random(samples[index].seed))
@@ -203,7 +193,7 @@ def test_the_spatial_diagnosis_counts_order_and_answers_by_hand():
 def test_the_halves_bound_by_hand(monkeypatch):
     """Objects in different halves along the relation's axis: always right; in the same half: a coin
     toss. Three made-up questions: (1 + 0.5 + 1) / 3; a describe question does not count."""
-    diagnosis = _benchmark_module("spatial_diagnosis")
+    diagnosis = benchmark_module("spatial_diagnosis")
     star = lambda x, y: scenes.SceneObject("star", "red", "large", x, y, 30.0)  # noqa: E731
     cross = lambda x, y: scenes.SceneObject("cross", "blue", "large", x, y, 30.0)  # noqa: E731
     pictures = {1: [star(60, 60), cross(300, 80)],  # left / right halves
@@ -228,7 +218,7 @@ def test_the_spatial_probe_reads_each_label_at_its_own_token():
     objects' centres)."""
     import torch
 
-    diagnosis = _benchmark_module("spatial_diagnosis")
+    diagnosis = benchmark_module("spatial_diagnosis")
     generator = torch.Generator().manual_seed(0)
 
     def written(items, log):
@@ -262,7 +252,7 @@ def test_the_size_diagnosis_finds_the_asked_object_and_splits_by_size():
     """benchmarks/size_diagnosis.py: the object a colour or shape question names, found here from
     the answer and the question's words instead of the naming rules; hand-made predictions right on
     small objects only, descriptions naming the large objects only, every count answered "1"."""
-    diagnosis = _benchmark_module("size_diagnosis")
+    diagnosis = benchmark_module("size_diagnosis")
     samples = scenes.evaluation_questions()
     named = [i for i, s in enumerate(samples) if s.question.type in ("color", "shape")][:120]
     sizes = {}
@@ -342,7 +332,7 @@ def test_the_size_diagnosis_probe_pools_an_objects_patches_and_learns():
     separable classes (and is not handed the answer: shuffled labels stay near chance)."""
     import torch
 
-    diagnosis = _benchmark_module("size_diagnosis")
+    diagnosis = benchmark_module("size_diagnosis")
     features = torch.arange(576.0).unsqueeze(1)  # patch p's feature is p
     centred = scenes.SceneObject("star", "red", "small", 7 + 14 * 7, 7 + 14 * 5, 14)  # on patch (row 5, col 7) alone
     large = scenes.SceneObject("circle", "blue", "large", 14 * 12, 14 * 12, 30)  # between 4 patch centres, 12 covered
@@ -377,7 +367,7 @@ def test_the_paired_comparison_counts_discordant_answers_by_type(tmp_path):
     """benchmarks/paired_comparison.py on two hand-made results: per type, the questions right in
     one result and wrong in the other counted here by the question's own type, McNemar's z and the
     exact p-value of hand-computed cases; results on other questions or without the profile refused."""
-    comparison = _benchmark_module("paired_comparison")
+    comparison = benchmark_module("paired_comparison")
     # Exact two-sided binomial p: 0 against 6 is 2 * 1/64; 1 against 9 is 2 * (1 + 10) / 1024.
     assert comparison.mcnemar(0, 6) == (pytest.approx(6 / 6**0.5), pytest.approx(2 / 64))
     assert comparison.mcnemar(9, 1) == (pytest.approx(-8 / 10**0.5), pytest.approx(22 / 1024))
@@ -427,7 +417,7 @@ def test_the_size_diagnosis_splits_single_counts_by_the_objects_size():
     """benchmarks/size_diagnosis.py: count questions with one object to count, split by that
     object's size (found here from the object list and the plural), on hand-made predictions that
     answer "2" when it is large and "1" when it is small."""
-    diagnosis = _benchmark_module("size_diagnosis")
+    diagnosis = benchmark_module("size_diagnosis")
     samples = scenes.evaluation_questions()
     plural_of = {plural: shape for shape, plural in scenes.PLURALS.items()}
     chosen, sizes = [], {}
@@ -454,7 +444,7 @@ def test_the_count_context_probe_asks_one_count_first_and_last():
     picture's seed alone, all distinct and answerable from the objects (recomputed here); each
     answer's labelled span is found where a hand-made label row puts it; the summary's paired
     counts and per-type tallies are counted here from hand-made results."""
-    context = _benchmark_module("count_context")
+    context = benchmark_module("count_context")
     seed = context.PICTURE_SEED + 3
     objects = scenes.scene_objects(seed)
     count, others = context.turns(seed, objects)
@@ -493,13 +483,13 @@ def test_the_count_probe_reads_the_count_where_it_is_written():
     count and by the lone object's size is counted here by hand."""
     import torch
 
-    diagnosis = _benchmark_module("count_diagnosis")
+    diagnosis = benchmark_module("count_diagnosis")
     generator = torch.Generator().manual_seed(0)
     kind = "count_shape"
     train = diagnosis.probe_questions(kind, 200)
     test = [(s.seed, s.question) for s in scenes.evaluation_questions() if s.question.type == kind][:100]
     assert all(diagnosis.PROBE_SEED <= seed < scenes.TRAIN_SEED for seed, _ in train)
-    assert diagnosis.PROBE_SEED >= _benchmark_module("count_context").PICTURE_SEED + 10_000
+    assert diagnosis.PROBE_SEED >= benchmark_module("count_context").PICTURE_SEED + 10_000
     assert all(q.type == kind for _, q in train)
 
     def truth(seed, question):

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import benchmark_module
 from PIL import Image
 
 from tokentrim_cli import assembly, scenes
@@ -166,23 +167,13 @@ def test_memory_estimate_reads_a_dinov2_tower(scenes_model):
     assert 0 < one < longer  # the KV cache of 1,000 more tokens is counted
 
 
-
-def _benchmark_module(name: str):
-    """A script of benchmarks/ as a module (the folder is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 def test_the_spatial_probe_reads_the_named_objects_tokens(scenes_model):
     """benchmarks/spatial_diagnosis.py --probe: the token positions it reads are the last tokens of
     the two objects' names and of the prompt, in the very inputs eval gives the model: the states it
     keeps after the embeddings are those tokens' input embeddings."""
     import torch
 
-    diagnosis = _benchmark_module("spatial_diagnosis")
+    diagnosis = benchmark_module("spatial_diagnosis")
     from tokentrim_cli.generation import prepare_inputs
     from tokentrim_cli.inputs import LoadedImage
 
@@ -211,7 +202,7 @@ def test_the_count_probe_reads_the_counted_words_token(scenes_model):
     states it keeps after the embeddings are those tokens' input embeddings."""
     import torch
 
-    diagnosis = _benchmark_module("count_diagnosis")
+    diagnosis = benchmark_module("count_diagnosis")
     from tokentrim_cli.generation import prepare_inputs
     from tokentrim_cli.inputs import LoadedImage
 
@@ -248,7 +239,7 @@ def test_the_count_attention_share_counts_the_counted_objects_patches(scenes_mod
 
     import torch
 
-    diagnosis = _benchmark_module("count_diagnosis")
+    diagnosis = benchmark_module("count_diagnosis")
     tokenizer = scenes_model.processor.tokenizer
     image_token = scenes_model.model.config.image_token_id
     samples = scenes.evaluation_questions()
