@@ -36,6 +36,10 @@ down, answered with the object (`compare_question`, run 11); `count_size=N` a sh
 the objects of one size ("How many large stars are there?", `size_count_question`, run 34);
 `shape_colors=N` the colour of every object of one shape, left to right ("What colors are the
 stars?" -> "red and blue", `shape_colors_question`, run 36).
+`--count-probe-layer L` (with `--independent-turns`) adds a training-only loss: a linear probe of
+each count turn's count at its counted word, on the residual stream after L decoder layers
+(`CountProbe`, run 38), so that the adapter below L is trained to form the count where the diagnosis
+found it never formed, not only through the answer's one token.
 `--small-share` draws that share of the pictures with small objects alone (run 12), `--few-share`
 with two or three objects (run 14).
 `--relations left` asks the spatial questions about that relation alone (run 17);
@@ -306,8 +310,19 @@ def conversation(
     answer can be copied from the earlier turn, so it teaches nothing about the picture. The spatial
     questions ask only about `relations` (all four draw as scenes.make_question does), each as often
     as its weight when `relations` is a dict of weights (parse_relations)."""
+    image, messages, _ = asked_conversation(seed, turns, short_share, rng, weights, narrow_share, distinct,
+                                            small_share, few_share, relations)  # fmt: skip
+    return image, messages
+
+
+def asked_conversation(
+    seed: int, turns: int, short_share: float, rng: random.Random, weights: dict[str, float],
+    narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0, few_share: float = 0.0,
+    relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS),
+):  # fmt: skip
+    """conversation()'s (picture, messages) and the scenes.Question of each turn, the same draws."""
     image, objects = training_scene(seed, narrow_share, small_share, few_share)
-    messages = []
+    messages, questions = [], []
     asked: set[str] = set()
     for turn in range(turns):
         question = None
@@ -318,13 +333,14 @@ def conversation(
             if distinct and question is not None and question.text in asked and tries < 20:
                 question = None
         asked.add(question.text)
+        questions.append(question)
         short = question.type != "describe" and rng.random() < short_share
         prompt = question.prompt if short else question.text
         answer = question.answer if short else question.sentence
         content = ([{"type": "image"}] if turn == 0 else []) + [{"type": "text", "text": prompt}]
         messages.append({"role": "user", "content": content})
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return image, messages
+    return image, messages, questions
 
 
 def answer_labels(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
@@ -369,7 +385,23 @@ def make_batch(
     return batch
 
 
-def single_turns(processor, image, messages) -> dict:
+COUNT_TYPES = ("count_color", "count_shape")
+COUNT_CLASSES = 4  # the count probe's classes: 0, 1, 2, and 3 or more (benchmarks/count_diagnosis.py's)
+
+
+def counted_word_offset(tokenizer, text: str) -> int:
+    """Where the last token of what the last count question in `text` counts ("stars", "red
+    objects") lies, counted back from the end of `text`'s tokens (-1 is the last). Counting from the
+    end leaves the image's expansion into visual tokens out of it: the question comes after the
+    image. benchmarks/count_diagnosis.py reads its probes at the same token."""
+    spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    start = text.rindex("How many ") + len("How many ")
+    end = text.index(" are there?", start)
+    (index,) = [i for i, (lo, hi) in enumerate(spans) if lo < end <= hi]
+    return index - len(spans)
+
+
+def single_turns(processor, image, messages, questions=None) -> dict:
     """One training row in which every turn is asked as the evaluation asks it, alone with the
     picture: the template's start and the visual tokens once, then each turn's question and answer
     as a segment that sees those and itself only, at the positions it would have if it were the
@@ -381,15 +413,19 @@ def single_turns(processor, image, messages) -> dict:
     asked alone (tests: the same logits as the single-turn forward).
 
     Returns input_ids, labels, position_ids and segment (0 for the shared start, k + 1 for turn k),
-    each (L,), and pixel_values."""
+    each (L,), and pixel_values. Given each turn's scenes.Question, also count_at and count_class:
+    for every count turn, the place in the row of the counted word's last token (counted_word_offset)
+    and the true count's class (0, 1, 2, 3 or more), for `--count-probe-layer`."""
     image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     pairs = [(messages[i]["content"][-1]["text"], messages[i + 1]["content"][0]["text"]) for i in range(0, len(messages), 2)]
     ids, labels, positions, segment = [], [], [], []
+    count_at, count_class = [], []
     shared, pixel_values = None, None
     for turn, (prompt, answer) in enumerate(pairs):
         alone = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
                  {"role": "assistant", "content": [{"type": "text", "text": answer}]}]  # fmt: skip
-        encoded = processor(images=[image], text=[processor.apply_chat_template(alone)], return_tensors="pt")
+        text = processor.apply_chat_template(alone)
+        encoded = processor(images=[image], text=[text], return_tensors="pt")
         row = encoded["input_ids"][0]
         start = int((row == image_token).nonzero().max()) + 1  # the shared part ends with the last visual token
         if shared is None:
@@ -400,12 +436,20 @@ def single_turns(processor, image, messages) -> dict:
             segment.append(torch.zeros(start, dtype=torch.long))
         elif not torch.equal(row[:start], shared):
             raise RuntimeError("the turns' templates differ before the question")
+        if questions is not None and questions[turn].type in COUNT_TYPES:
+            placed = sum(len(part) for part in ids)  # this turn's first token in the packed row
+            count_at.append(placed + len(row) + counted_word_offset(processor.tokenizer, text) - start)
+            count_class.append(min(int(questions[turn].answer), COUNT_CLASSES - 1))
         ids.append(row[start:])
         labels.append(answer_labels(row[None], processor.tokenizer)[0, start:])
         positions.append(torch.arange(start, len(row)))
         segment.append(torch.full((len(row) - start,), turn + 1))
-    return {"input_ids": torch.cat(ids), "labels": torch.cat(labels), "position_ids": torch.cat(positions),
-            "segment": torch.cat(segment), "pixel_values": pixel_values}  # fmt: skip
+    packed = {"input_ids": torch.cat(ids), "labels": torch.cat(labels), "position_ids": torch.cat(positions),
+              "segment": torch.cat(segment), "pixel_values": pixel_values}  # fmt: skip
+    if questions is not None:
+        packed["count_at"] = torch.tensor(count_at, dtype=torch.long)
+        packed["count_class"] = torch.tensor(count_class, dtype=torch.long)
+    return packed
 
 
 def segment_mask(segment: torch.Tensor) -> torch.Tensor:
@@ -425,12 +469,13 @@ def independent_batch(
     relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS),
 ) -> dict:  # fmt: skip
     """make_batch's questions (the same draws), each turn asked alone with its picture (single_turns):
-    right-padded rows, a 4-D attention mask and the position ids."""
+    right-padded rows, a 4-D attention mask and the position ids; and every count turn's counted
+    word as (count_row, count_at) with its count_class, for `--count-probe-layer`."""
     rows = []
     for seed in seeds:
-        image, messages = conversation(seed, turns, short_share, rng, weights, narrow_share, distinct, small_share,
-                                       few_share, relations)  # fmt: skip
-        rows.append(single_turns(processor, image, messages))
+        image, messages, questions = asked_conversation(seed, turns, short_share, rng, weights, narrow_share, distinct,
+                                                        small_share, few_share, relations)  # fmt: skip
+        rows.append(single_turns(processor, image, messages, questions))
     length = max(len(row["input_ids"]) for row in rows)
     pad = processor.tokenizer.pad_token_id
 
@@ -439,20 +484,54 @@ def independent_batch(
 
     return {"input_ids": padded("input_ids", pad), "labels": padded("labels", -100),
             "position_ids": padded("position_ids", 0), "attention_mask": segment_mask(padded("segment", -1)),
-            "pixel_values": torch.cat([row["pixel_values"] for row in rows])}  # fmt: skip
+            "pixel_values": torch.cat([row["pixel_values"] for row in rows]),
+            "count_row": torch.cat([torch.full_like(row["count_at"], b) for b, row in enumerate(rows)]),
+            "count_at": torch.cat([row["count_at"] for row in rows]),
+            "count_class": torch.cat([row["count_class"] for row in rows])}  # fmt: skip
 
 
-def answer_loss(model, batch: dict) -> torch.Tensor:
-    """Cross-entropy over the answer tokens, running the output layer on those positions only."""
+class CountProbe(torch.nn.Module):
+    """A training-only linear probe of the count (0, 1, 2, 3 or more) on the decoder's residual
+    stream after `layer` layers (hidden_states[layer], count_diagnosis.py's numbering), at the
+    counted word's last token (`--count-probe-layer`, run38). On run31's weights no probe there
+    reads a shape's count better than the answers do: the count is never formed. Its cross-entropy,
+    added to the answers' at `weight`, trains the adapter below `layer` to form the count where the
+    counted word is read, instead of only through the answer's one token at the end. The stream is
+    layer-normalised (no affine) so that the probe's scale does not depend on the residual's. Never
+    saved: what ships is the adapter it trained."""
+
+    def __init__(self, hidden_size: int, layer: int, weight: float):
+        super().__init__()
+        self.layer, self.weight = layer, weight
+        self.head = torch.nn.Linear(hidden_size, COUNT_CLASSES)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, hidden_states, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy, share of the counts the probe classed right) over the batch's count turns."""
+        states = hidden_states[self.layer][batch["count_row"], batch["count_at"]].float()
+        logits = self.head(torch.nn.functional.layer_norm(states, states.shape[-1:]))
+        right = (logits.argmax(-1) == batch["count_class"]).float().mean()
+        return torch.nn.functional.cross_entropy(logits, batch["count_class"]), right
+
+
+def answer_loss(model, batch: dict, count_probe: CountProbe | None = None):
+    """Cross-entropy over the answer tokens, running the output layer on those positions only; with a
+    count probe, plus its cross-entropy at `count_probe.weight`. Returns (loss, probe's (loss, right)
+    or None)."""
     labels = batch["labels"]
-    hidden = model.model(
+    outputs = model.model(
         input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
-        position_ids=batch.get("position_ids"),
-    ).last_hidden_state
+        position_ids=batch.get("position_ids"), output_hidden_states=count_probe is not None,
+    )  # fmt: skip
     targets = labels[:, 1:]
     positions = targets != -100
-    logits = model.lm_head(hidden[:, :-1][positions])
-    return torch.nn.functional.cross_entropy(logits.float(), targets[positions])
+    logits = model.lm_head(outputs.last_hidden_state[:, :-1][positions])
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets[positions])
+    if count_probe is None or not len(batch["count_at"]):
+        return loss, None
+    probed = count_probe(outputs.hidden_states, batch)
+    return loss + count_probe.weight * probed[0], probed
 
 
 # ---- held-out check -----------------------------------------------------------------------------
@@ -709,15 +788,18 @@ def stage_two_parameters(model, first_layer: int = 0) -> list[torch.nn.Parameter
     return chosen
 
 
-def run_stage(model, processor, params, *, steps, lr, args, offset, log, questions, out, started) -> int:
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+def run_stage(model, processor, params, *, steps, lr, args, offset, log, questions, out, started, count_probe=None) -> int:
+    groups = [{"params": params, "lr": lr}]
+    if count_probe is not None:
+        groups.append({"params": list(count_probe.parameters()), "lr": args.count_probe_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0, betas=(0.9, 0.98))
     warmup = min(50, steps // 10 + 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     )
     rng = random.Random(f"{args.seed}-{offset}")
     model.train()
-    losses = []
+    losses, probed = [], []
     for step in range(steps):
         if args.minutes and time.time() - started > args.minutes * 60:
             log(f"time budget of {args.minutes} min reached at step {step}")
@@ -729,17 +811,23 @@ def run_stage(model, processor, params, *, steps, lr, args, offset, log, questio
             processor, seeds, args.turns, args.short_share, rng, args.type_weights, args.narrow_share, args.distinct,
             args.small_share, args.few_share, args.relations)  # fmt: skip
         with autocast():
-            loss = answer_loss(model, batch)
+            loss, probe = answer_loss(model, batch, count_probe)
         loss.backward()
+        if probe is not None:
+            probed.append((probe[0].item(), probe[1].item()))
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if (step + 1) % args.log_every == 0:
-            log(f"step {step + 1}/{steps} loss {sum(losses) / len(losses):.4f} lr {schedule.get_last_lr()[0]:.2e} "
+            probe_part = ""
+            if probed:  # the total loss above includes the probe's, at its weight
+                probe_part = (f"count probe loss {sum(p[0] for p in probed) / len(probed):.4f} "
+                              f"right {sum(p[1] for p in probed) / len(probed):.3f} ")  # fmt: skip
+            log(f"step {step + 1}/{steps} loss {sum(losses) / len(losses):.4f} {probe_part}lr {schedule.get_last_lr()[0]:.2e} "
                 f"{(time.time() - started) / 60:.1f} min")  # fmt: skip
-            losses = []
+            losses, probed = [], []
         if (step + 1) % args.check_every == 0 or step + 1 == steps:
             save_trained(model, out, args.rank, args.alpha)
             log(f"held-out after step {step + 1}: {json.dumps(holdout_check(model, processor, questions))}")
@@ -774,6 +862,11 @@ def main() -> None:
     parser.add_argument("--distinct", action="store_true", help="no question twice in one training sequence")
     parser.add_argument("--independent-turns", action="store_true",
                         help="each turn sees the picture and itself only, as the evaluation asks it (single_turns)")  # fmt: skip
+    parser.add_argument("--count-probe-layer", type=int, default=0,
+                        help="stage 2 also trains a count probe at the counted word after this many decoder layers "
+                             "(CountProbe; needs --independent-turns and --train-from-layer below it)")  # fmt: skip
+    parser.add_argument("--count-probe-weight", type=float, default=1.0, help="the count probe's loss counts this much")
+    parser.add_argument("--count-probe-lr", type=float, default=1e-3)
     parser.add_argument("--projector-lr", type=float, default=1e-3)
     parser.add_argument("--lora-lr", type=float, default=3e-4)
     parser.add_argument("--train-from-layer", type=int, default=0,
@@ -792,6 +885,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.train_from_layer and (args.projector_steps or args.align_images):
         parser.error("--train-from-layer keeps the projector as it is: it cannot go with --projector-steps or --align-images")
+    if args.count_probe_layer and not args.independent_turns:
+        parser.error("--count-probe-layer finds the counted word in turns asked alone: it needs --independent-turns")
+    if args.count_probe_layer and args.count_probe_layer <= args.train_from_layer:
+        parser.error(f"--count-probe-layer {args.count_probe_layer} reads below the layers trained "
+                     f"(--train-from-layer {args.train_from_layer}): nothing it learns would reach the adapter")  # fmt: skip
     use_precision(args.precision)
 
     torch.set_num_threads(args.threads)
@@ -833,8 +931,17 @@ def main() -> None:
             parser.error(f"--train-from-layer {args.train_from_layer}: the decoder has no layer that high")
         trained = f"LoRA of layers {args.train_from_layer} and up" if args.train_from_layer else "projector + LoRA"
         log(f"stage 2: {trained} ({sum(p.numel() for p in params):,} parameters), {args.lora_steps} steps")
+        count_probe = None
+        if args.count_probe_layer:
+            text_config = model.config.text_config
+            if args.count_probe_layer > text_config.num_hidden_layers:
+                parser.error(f"--count-probe-layer {args.count_probe_layer}: the decoder has "
+                             f"{text_config.num_hidden_layers} layers")  # fmt: skip
+            count_probe = CountProbe(text_config.hidden_size, args.count_probe_layer, args.count_probe_weight)
+            log(f"count probe after decoder layer {args.count_probe_layer}, weight {args.count_probe_weight} (not saved)")
         offset = run_stage(model, processor, params, steps=args.lora_steps, lr=args.lora_lr, args=args,
-                           offset=offset, log=log, questions=questions, out=args.out, started=started)  # fmt: skip
+                           offset=offset, log=log, questions=questions, out=args.out, started=started,
+                           count_probe=count_probe)  # fmt: skip
     log(f"done in {(time.time() - started) / 60:.1f} min; next --seed-offset {offset}")
 
 

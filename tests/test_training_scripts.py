@@ -103,6 +103,22 @@ def test_the_training_record_is_rebuilt_from_a_log(tmp_path):
     assert [s["steps_done"] for s in run["stages"]] == [2, 3] and run["stages"][1]["steps_planned"] == 4
     assert run["stages"][0]["held_out"] == [{"step": 2, "color": 0.5, "short": 0.25}]
     assert run["stopped"] == "time budget of 20.0 min reached at step 3; done in 20.0 min; next --seed-offset 24"
+    assert run["stages"][1]["log"] == [{"step": 2, "loss": 0.5, "lr": 3e-4, "minutes": 15.0}]
+
+
+def test_the_training_record_keeps_the_count_probes_loss(tmp_path):
+    record = pytest.importorskip("record_training")
+    log = tmp_path / "run.log"
+    log.write_text(
+        '[10:00:00] arguments: {"out": "runs/a", "lora_steps": "20", "count_probe_layer": "20", "log": "a.log"}\n'
+        "[10:00:01] stage 2: LoRA of layers 14 and up (3,000 parameters), 20 steps\n"
+        "[10:05:00] step 10/20 loss 1.1000 count probe loss 0.9000 right 0.625 lr 3.00e-04 5.0 min\n"
+        "[10:10:00] step 20/20 loss 0.2000 lr 3.00e-05 10.0 min\n"
+    )
+    assert record.parse(log)["stages"][0]["log"] == [
+        {"step": 10, "loss": 1.1, "lr": 3e-4, "minutes": 5.0, "count_probe_loss": 0.9, "count_probe_right": 0.625},
+        {"step": 20, "loss": 0.2, "lr": 3e-5, "minutes": 10.0},
+    ]
 
 
 def test_a_run_can_widen_the_adapter_it_continues(tmp_path):
@@ -715,3 +731,78 @@ def test_segment_mask_by_hand():
                [1, 1, 0, 0, 1, 0],   # turn 2 sees the shared start and itself, not turn 1
                [1, 1, 0, 0, 0, 1]]   # padding: the start and itself  # fmt: skip
     assert train_scenes.segment_mask(segment).tolist() == [[[[bool(v) for v in row] for row in allowed]]]
+
+
+def test_count_turns_mark_the_counted_word_and_the_true_count(tiny):
+    """--count-probe-layer (run38): every count turn of a packed row, and no other, gives the place of
+    the counted phrase's last token ("... red objects", "... stars") and the count's class (0, 1, 2,
+    3 or more), recounted here from the picture's objects."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    _, processor = tiny
+    weights = train_scenes.parse_type_weights("count_color=4,count_shape=4,color=1,describe=0")
+    seeds = [scenes.TRAIN_SEED + 70, scenes.TRAIN_SEED + 71]
+    batch = train_scenes.independent_batch(processor, seeds, 6, 0.5, random.Random(3), weights, 0.5, True)
+    rng = random.Random(3)
+    expected = []
+    for row, seed in enumerate(seeds):
+        _, messages = train_scenes.conversation(seed, 6, 0.5, rng, weights, 0.5, True)
+        _, objects = train_scenes.training_scene(seed, 0.5)
+        for turn in range(6):
+            words = messages[2 * turn]["content"][-1]["text"].split()
+            if words[:2] != ["How", "many"]:
+                continue
+            if words[3] == "objects":  # "How many red objects are there?"
+                phrase, count = f"{words[2]} objects", sum(o.color == words[2] for o in objects)
+            else:  # "How many stars are there?"
+                phrase, count = words[2], sum(scenes.PLURALS[o.shape] == words[2] for o in objects)
+            expected.append((row, phrase, min(count, 3)))
+    assert len(expected) >= 4 and {c for _, _, c in expected} > {1}
+    assert batch["count_row"].tolist() == [row for row, _, _ in expected]
+    assert batch["count_class"].tolist() == [c for _, _, c in expected]
+    for (row, phrase, _), at in zip(expected, batch["count_at"].tolist()):
+        read = processor.tokenizer.decode(batch["input_ids"][row, : at + 1])
+        assert read.endswith(f"How many {phrase}"), read[-40:]
+
+
+def test_the_count_probe_trains_the_adapter_below_its_layer_only(tiny):
+    """The count probe's loss reads the residual stream after `layer` decoder layers at the counted
+    word: its gradient reaches the adapter of the layers below and none above; it is the
+    cross-entropy of the probe on that token's layer-normalised state (written out here)."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    pytest.importorskip("peft")
+    from tokentrim_cli import scenes
+    from tokentrim_cli.model import build_random
+
+    model, processor = build_random("tiny", seed=0)
+    train_scenes.add_lora(model, 4, 8.0)
+    layers = model.config.text_config.num_hidden_layers
+    params = train_scenes.stage_two_parameters(model, 0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    probe = train_scenes.CountProbe(model.config.text_config.hidden_size, 1, 1.0)
+    with torch.no_grad():
+        probe.head.weight.normal_(0, 1.0)
+    weights = train_scenes.parse_type_weights("count_color=1,count_shape=1,color=0,shape=0,exist=0,spatial=0,describe=0")
+    batch = train_scenes.independent_batch(processor, [scenes.TRAIN_SEED + 5], 3, 1.0, random.Random(0), weights)
+    batch["labels"][:] = -100
+    batch["labels"][0, -1] = batch["input_ids"][0, -1]  # one answer token, so the answers' loss is defined
+    _, (probe_loss, _) = train_scenes.answer_loss(model, batch, probe)
+    probe_loss.backward()
+    assert 1 < layers
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            reached = parameter.grad is not None and parameter.grad.abs().sum() > 0
+            assert reached == (int(name.split("layers.")[1].split(".")[0]) < 1), name
+    with torch.no_grad():
+        states = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                             attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+                             output_hidden_states=True).hidden_states[1][0, batch["count_at"]]  # fmt: skip
+        centred = states - states.mean(-1, keepdim=True)
+        normed = centred / (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
+        reference = torch.nn.functional.cross_entropy(normed @ probe.head.weight.T + probe.head.bias, batch["count_class"])
+    torch.testing.assert_close(probe_loss, reference, atol=1e-5, rtol=1e-5)
+    assert params  # the projector and every adapter were made trainable; the probe's gradient chose among them
