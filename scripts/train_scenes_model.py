@@ -815,7 +815,7 @@ def run_stage(model, processor, params, *, steps, lr, args, offset, log, questio
         loss.backward()
         if probe is not None:
             probed.append((probe[0].item(), probe[1].item()))
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # the adapter's as every run clipped it; the probe's head is not
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)

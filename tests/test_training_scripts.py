@@ -778,7 +778,7 @@ def test_the_count_probe_trains_the_adapter_below_its_layer_only(tiny):
     model, processor = build_random("tiny", seed=0)
     train_scenes.add_lora(model, 4, 8.0)
     layers = model.config.text_config.num_hidden_layers
-    params = train_scenes.stage_two_parameters(model, 0)
+    train_scenes.stage_two_parameters(model, 0)  # the projector and every layer's adapter can train
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
@@ -805,4 +805,17 @@ def test_the_count_probe_trains_the_adapter_below_its_layer_only(tiny):
         normed = centred / (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
         reference = torch.nn.functional.cross_entropy(normed @ probe.head.weight.T + probe.head.bias, batch["count_class"])
     torch.testing.assert_close(probe_loss, reference, atol=1e-5, rtol=1e-5)
-    assert params  # the projector and every adapter were made trainable; the probe's gradient chose among them
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--count-probe-layer", "20"], "needs --independent-turns"),
+    (["--count-probe-layer", "10", "--independent-turns", "--train-from-layer", "14", "--projector-steps", "0"],
+     "reads below the layers trained"),
+])  # fmt: skip
+def test_a_count_probe_that_could_not_train_anything_is_refused(flags, message):
+    """Refused before any model is built: exit 2 and the reason on one line."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "train_scenes_model.py"
+    done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], done.stderr
