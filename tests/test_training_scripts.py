@@ -4,6 +4,7 @@ answer labels and training record."""
 from __future__ import annotations
 
 import random
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -83,10 +84,17 @@ def test_auxiliary_targets(question, answer, targets):
 # ---- the default model's scripts (scripts/train_scenes_model.py, scripts/record_training.py) ----------
 
 
-def test_the_training_record_is_rebuilt_from_a_log(tmp_path):
+def parsed_log(tmp_path: Path, text: str) -> dict:
+    """record_training.parse of a training log with these lines."""
     record = pytest.importorskip("record_training")
     log = tmp_path / "run.log"
-    log.write_text(
+    log.write_text(text)
+    return record.parse(log)
+
+
+def test_the_training_record_is_rebuilt_from_a_log(tmp_path):
+    run = parsed_log(
+        tmp_path,
         '[23:50:00] arguments: {"out": "runs/a", "init": "None", "projector_steps": "2", "lora_steps": "4", "seed": "0", "log": "a.log"}\n'
         "[23:50:01] stage 1: projector (554,112 parameters), 2 steps\n"
         "[23:55:00] step 2/2 loss 1.2500 lr 1.00e-03 5.0 min\n"
@@ -94,9 +102,8 @@ def test_the_training_record_is_rebuilt_from_a_log(tmp_path):
         "[23:56:01] stage 2: projector + LoRA (5,438,592 parameters), 4 steps\n"
         "[00:05:00] step 2/4 loss 0.5000 lr 3.00e-04 15.0 min\n"
         "[00:10:00] time budget of 20.0 min reached at step 3\n"
-        "[00:10:00] done in 20.0 min; next --seed-offset 24\n"
+        "[00:10:00] done in 20.0 min; next --seed-offset 24\n",
     )
-    run = record.parse(log)
     assert run["command"] == "python scripts/train_scenes_model.py --out runs/a --projector-steps 2 --lora-steps 4 --seed 0"
     assert run["minutes"] == 20.0  # across midnight
     # stage 2 did 3 steps: the time budget's line says so; its last logged step is 2
@@ -107,15 +114,14 @@ def test_the_training_record_is_rebuilt_from_a_log(tmp_path):
 
 
 def test_the_training_record_keeps_the_count_probes_loss(tmp_path):
-    record = pytest.importorskip("record_training")
-    log = tmp_path / "run.log"
-    log.write_text(
+    run = parsed_log(
+        tmp_path,
         '[10:00:00] arguments: {"out": "runs/a", "lora_steps": "20", "count_probe_layer": "20", "log": "a.log"}\n'
         "[10:00:01] stage 2: LoRA of layers 14 and up (3,000 parameters), 20 steps\n"
         "[10:05:00] step 10/20 loss 1.1000 count probe loss 0.9000 right 0.625 lr 3.00e-04 5.0 min\n"
-        "[10:10:00] step 20/20 loss 0.2000 lr 3.00e-05 10.0 min\n"
+        "[10:10:00] step 20/20 loss 0.2000 lr 3.00e-05 10.0 min\n",
     )
-    assert record.parse(log)["stages"][0]["log"] == [
+    assert run["stages"][0]["log"] == [
         {"step": 10, "loss": 1.1, "lr": 3e-4, "minutes": 5.0, "count_probe_loss": 0.9, "count_probe_right": 0.625},
         {"step": 20, "loss": 0.2, "lr": 3e-5, "minutes": 10.0},
     ]
@@ -814,8 +820,6 @@ def test_the_count_probe_trains_the_adapter_below_its_layer_only(tiny):
 ])  # fmt: skip
 def test_a_count_probe_that_could_not_train_anything_is_refused(flags, message):
     """Refused before any model is built: exit 2 and the reason on one line."""
-    import subprocess
-
     script = Path(__file__).resolve().parent.parent / "scripts" / "train_scenes_model.py"
     done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], done.stderr
