@@ -3,6 +3,7 @@ answer labels and training record."""
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -655,8 +656,6 @@ def test_committed_curriculum_checkpoints_continue_like_the_shipped_weights():
     from them on any machine: `--init benchmarks/curriculum/<run>`) hold the shipped folder's three
     files with the same tensors' names, shapes and dtypes and the same adapter settings, and are runs
     that training.json records (not adopted, or adopted when their weights became the shipped ones)."""
-    import json
-
     from safetensors import safe_open
 
     from tokentrim_cli import assembly
@@ -823,3 +822,84 @@ def test_a_count_probe_that_could_not_train_anything_is_refused(flags, message):
     script = Path(__file__).resolve().parent.parent / "scripts" / "train_scenes_model.py"
     done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], done.stderr
+
+
+def test_interpolated_weights_merge_to_the_interpolation_of_the_two_decoders(tmp_path, monkeypatch, capsys):
+    """scripts/interpolate_trained.py: the output folder, merged as assembly merges the shipped
+    weights, gives W0 + (1 - w) dW_first + w dW_second in every adapted layer (each dW worked out
+    here from its own folder, with its own alpha/rank) and the interpolated projector; bad
+    requests are refused with exit 2 and leave nothing behind."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    pytest.importorskip("peft")
+    interpolate_trained = pytest.importorskip("interpolate_trained")
+    from safetensors.torch import load_file
+
+    from tokentrim_cli import assembly
+    from tokentrim_cli.model import build_random
+
+    def trained_folder(name, rank, alpha, seed):
+        model, _ = build_random("tiny", seed=0)
+        train_scenes.add_lora(model, rank, alpha)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for parameter_name, parameter in model.named_parameters():
+                if "lora_" in parameter_name or "multi_modal_projector" in parameter_name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+        train_scenes.save_trained(model, tmp_path / name, rank, alpha)
+        return tmp_path / name
+
+    first, second = trained_folder("first", 4, 8.0, seed=1), trained_folder("second", 2, 2.0, seed=2)
+
+    def merged(folder):
+        model, _ = build_random("tiny", seed=0)
+        assembly.merge_trained(model, folder)
+        return dict(model.named_parameters())
+
+    base = dict(build_random("tiny", seed=0)[0].named_parameters())
+
+    def delta(folder, scaling):
+        tensors = load_file(folder / assembly.ADAPTER_FILE)
+        return {f"model.language_model.{key.removesuffix('.lora_A')}.weight":
+                scaling * tensors[key.replace("lora_A", "lora_B")].float() @ tensors[key].float()
+                for key in tensors if key.endswith(".lora_A")}  # fmt: skip
+
+    deltas = delta(first, 8.0 / 4), delta(second, 2.0 / 2)
+    projectors = load_file(first / assembly.PROJECTOR_FILE), load_file(second / assembly.PROJECTOR_FILE)
+    # At 0.5 every factor is a power of two and nothing is rounded in bf16 (float sums in another order
+    # only); at 0.3 the stacked B is rounded to bf16 (2^-8 relative) as the training script stores it.
+    for weight, tolerance in ((0.5, 1e-6), (0.3, 1e-2)):
+        out = tmp_path / f"mix-{weight}"
+        monkeypatch.setattr(sys, "argv", ["interpolate_trained.py", str(first), str(second), "--weight", str(weight), "--out", str(out)])
+        interpolate_trained.main()
+        assert json.loads((out / assembly.ADAPTER_CONFIG).read_text())["rank"] == 6
+        mixed = merged(out)
+        assert deltas[0] and deltas[0].keys() <= mixed.keys() and deltas[0].keys() == deltas[1].keys()
+        for name, parameter in mixed.items():
+            if name in deltas[0]:
+                expected = base[name] + (1 - weight) * deltas[0][name] + weight * deltas[1][name]
+                torch.testing.assert_close(parameter, expected, atol=tolerance * float(expected.abs().max()), rtol=0)
+            elif "multi_modal_projector" in name:
+                key = name.removeprefix("model.multi_modal_projector.")
+                torch.testing.assert_close(parameter, (1 - weight) * projectors[0][key] + weight * projectors[1][key])
+            else:
+                torch.testing.assert_close(parameter, base[name], atol=0, rtol=0)
+
+    other = tmp_path / "other"  # the first folder's weights, its adapter on other layers' kinds
+    other.mkdir()
+    for path in assembly.trained_files(first):
+        (other / path.name).write_bytes(path.read_bytes())
+    config = json.loads((first / assembly.ADAPTER_CONFIG).read_text())
+    (other / assembly.ADAPTER_CONFIG).write_text(json.dumps({**config, "targets": ["q_proj"]}))
+    new = tmp_path / "new"
+    for folders, flags, message in (
+        ((first, second), ["--weight", "1.5", "--out", new], "--weight must lie in [0, 1], got 1.5"),
+        ((first, second), ["--weight", "0.5", "--out", tmp_path / "mix-0.5"], "exists; choose a new folder"),
+        ((other, second), ["--weight", "0.5", "--out", new], "the two adapters differ in targets"),
+        ((tmp_path / "absent", second), ["--weight", "0.5", "--out", new], "lacks projector.safetensors"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["interpolate_trained.py", *map(str, folders), *map(str, flags)])
+        with pytest.raises(SystemExit) as refused:
+            interpolate_trained.main()
+        assert refused.value.code == 2
+        assert message in capsys.readouterr().err
+        assert not new.exists() and not (tmp_path / "new.partial").exists()
