@@ -27,6 +27,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -56,7 +57,7 @@ def interpolate(first: Path, second: Path, weight: float) -> tuple[dict, dict, d
     adapter = {}
     for key in sorted(adapters[0]):
         if key.endswith(".lora_A"):
-            adapter[key] = torch.cat([tensors[key].float() for tensors in adapters], dim=0).to(dtype)
+            adapter[key] = torch.cat([tensors[key] for tensors in adapters], dim=0).to(dtype)
         else:  # lora_B: each half carries its share and its own scaling, since the stack merges at scaling 1
             adapter[key] = torch.cat(
                 [share * scaling * tensors[key].float() for share, scaling, tensors in zip(shares, scalings, adapters)],
@@ -88,15 +89,18 @@ def main() -> None:
         projector, adapter, config = interpolate(args.first, args.second, args.weight)
     except ValueError as error:
         parser.error(str(error))
-    # Written to a sibling and renamed, so an interrupted run leaves no folder that looks complete.
-    partial = args.out.with_name(args.out.name + ".partial")
-    if partial.exists():  # left by an interrupted run of this script
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    save_file(projector, partial / assembly.PROJECTOR_FILE)
-    save_file(adapter, partial / assembly.ADAPTER_FILE)
-    (partial / assembly.ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    partial.rename(args.out)
+    # Staged in a temporary sibling and renamed, as assembly.ensure_assembled stages a checkpoint:
+    # an interrupted run leaves no folder that looks complete.
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", dir=args.out.parent))
+    try:
+        save_file(projector, staging / assembly.PROJECTOR_FILE)
+        save_file(adapter, staging / assembly.ADAPTER_FILE)
+        (staging / assembly.ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        staging.rename(args.out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     print(f"{args.out}: {1 - args.weight:g} x {args.first} + {args.weight:g} x {args.second}, adapter rank {config['rank']}")
 
 
