@@ -528,3 +528,51 @@ def test_the_count_probe_reads_the_count_where_it_is_written():
     assert split["by count"] == {0: [1, 1], 1: [1, 3], 2: [0, 0], 3: [1, 1]}
     assert split["one object"] == {"small": [1, 2, 0], "large": [0, 1, 1]}
     assert [diagnosis.answer_class(a) for a in ("2", "Two.", "five", "7", "yes")] == [2, 2, 3, 3, None]
+
+
+def test_the_count_components_group_touching_tokens_and_score_four_classes():
+    """benchmarks/count_components.py: groups of marked tokens on the 24 x 24 grid, diagonal
+    neighbours joined (8-connected); each object's covered patches labelled with its colour or
+    shape, the rest background, worked out here from the discs the objects cover; and the tallies
+    of hand-made rows on the four count classes."""
+    counter = benchmark_module("count_components")
+    board = [False] * 576
+    for row, col in [(0, 0), (1, 1), (2, 2), (0, 5), (0, 6), (10, 10), (23, 23), (22, 23)]:
+        board[row * 24 + col] = True
+    assert counter.components(board) == 4  # a diagonal run, a pair, a single, a vertical pair
+    assert counter.components([False] * 576) == 0
+    assert counter.components([True] * 576) == 1
+
+    large = scenes.SceneObject("square", "red", "large", 100, 100, 30)
+    small = scenes.SceneObject("star", "red", "small", 250, 250, 14)
+    covered = {
+        i for i in range(576)
+        if ((i % 24) * 14 + 7 - 100) ** 2 + ((i // 24) * 14 + 7 - 100) ** 2 < (0.75 * 30) ** 2
+    }  # fmt: skip
+    shapes = counter.patch_classes([large, small], place=1)
+    colours = counter.patch_classes([large, small], place=0)
+    background = len(scenes.SHAPES)
+    assert {i for i, c in enumerate(shapes) if c == scenes.SHAPES.index("square")} == covered
+    assert shapes[(250 // 14) * 24 + 250 // 14] == scenes.SHAPES.index("star")  # the patch under its centre
+    assert shapes.count(background) == 576 - len(covered) - shapes.count(scenes.SHAPES.index("star"))
+    assert set(colours) == {list(scenes.COLORS).index("red"), len(scenes.COLORS)}
+    asks_stars = scenes.Question("count_shape", "How many stars are there?", "1", "There is 1 star.")
+    asks_red = scenes.Question("count_color", "How many red objects are there?", "2", "There are 2 red objects.")
+    assert counter.component_count(shapes, asks_stars) == 1
+    assert counter.component_count(colours, asks_red) == 2  # two red objects apart: two groups
+
+    rows = [
+        {"kind": "count_shape", "truth": 1, "size": "large", "grid": 1, "probe": 2, "model": 2},
+        {"kind": "count_shape", "truth": 1, "size": "small", "grid": 1, "probe": 1, "model": 1},
+        {"kind": "count_shape", "truth": 4, "size": None, "grid": 3, "probe": 5, "model": -1},
+        {"kind": "count_color", "truth": 0, "size": None, "grid": 0, "probe": 0, "model": None},
+    ]
+    found = counter.tally(rows)
+    assert found[("count_shape", "grid", "all")] == [3, 3]  # 3 and 4 are both "3 or more"
+    assert found[("count_shape", "probe", "all")] == [2, 3]
+    assert found[("count_shape", "model", "all")] == [1, 3]  # an answer that is no count is wrong
+    assert found[("count_shape", "model", "one large")] == [0, 1]
+    assert found[("count_shape", "probe", "one small")] == [1, 1]
+    assert found[("count_shape", "model", 3)] == [0, 1]
+    assert ("count_color", "model", "all") not in found  # no answer: not scored
+    assert counter.model_count("2.") == 2 and counter.model_count("two stars") == -1
