@@ -120,11 +120,17 @@ def test_the_training_record_keeps_the_count_probes_loss(tmp_path):
         '[10:00:00] arguments: {"out": "runs/a", "lora_steps": "20", "count_probe_layer": "20", "log": "a.log"}\n'
         "[10:00:01] stage 2: LoRA of layers 14 and up (3,000 parameters), 20 steps\n"
         "[10:05:00] step 10/20 loss 1.1000 count probe loss 0.9000 right 0.625 lr 3.00e-04 5.0 min\n"
-        "[10:10:00] step 20/20 loss 0.2000 lr 3.00e-05 10.0 min\n",
+        "[10:10:00] step 20/20 loss 0.2000 lr 3.00e-05 10.0 min\n"
+        "[10:15:00] step 30/20 loss 1.3000 count probe loss 0.8000 right 0.700 anchor probe loss 0.4000 right 0.910 "
+        "lr 2.00e-05 15.0 min\n"
+        "[10:20:00] step 40/20 loss 1.2000 anchor probe loss 0.3000 right 0.950 lr 1.00e-05 20.0 min\n",
     )
     assert run["stages"][0]["log"] == [
         {"step": 10, "loss": 1.1, "lr": 3e-4, "minutes": 5.0, "count_probe_loss": 0.9, "count_probe_right": 0.625},
         {"step": 20, "loss": 0.2, "lr": 3e-5, "minutes": 10.0},
+        {"step": 30, "loss": 1.3, "lr": 2e-5, "minutes": 15.0, "count_probe_loss": 0.8, "count_probe_right": 0.7,
+         "anchor_probe_loss": 0.4, "anchor_probe_right": 0.91},
+        {"step": 40, "loss": 1.2, "lr": 1e-5, "minutes": 20.0, "anchor_probe_loss": 0.3, "anchor_probe_right": 0.95},
     ]
 
 
@@ -795,7 +801,7 @@ def test_the_count_probe_trains_the_adapter_below_its_layer_only(tiny):
     batch = train_scenes.independent_batch(processor, [scenes.TRAIN_SEED + 5], 3, 1.0, random.Random(0), weights)
     batch["labels"][:] = -100
     batch["labels"][0, -1] = batch["input_ids"][0, -1]  # one answer token, so the answers' loss is defined
-    _, (probe_loss, _) = train_scenes.answer_loss(model, batch, probe)
+    _, [(probe_loss, _)] = train_scenes.answer_loss(model, batch, probe)
     probe_loss.backward()
     assert 1 < layers
     for name, parameter in model.named_parameters():
@@ -812,9 +818,101 @@ def test_the_count_probe_trains_the_adapter_below_its_layer_only(tiny):
     torch.testing.assert_close(probe_loss, reference, atol=1e-5, rtol=1e-5)
 
 
+def test_object_anchors_mark_each_objects_first_patch(tiny):
+    """--anchor-probe-layer (run43): one anchor per object, its first covered patch in row-major
+    order (found here from the disc each object covers: within 0.75 of its radius, or the patch
+    under its centre), and every visual token of a batch row in order, with its mark."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    large = scenes.SceneObject("square", "red", "large", 100, 100, 30)
+    small = scenes.SceneObject("star", "blue", "small", 250, 251, 14)
+    marks = train_scenes.object_anchors([small, large], 24)  # listed out of order: the marks do not care
+    covered = [p for p in range(576) if ((p % 24) * 14 + 7 - 100) ** 2 + ((p // 24) * 14 + 7 - 100) ** 2 < 22.5**2]
+    small_patches = [p for p in range(576) if ((p % 24) * 14 + 7 - 250) ** 2 + ((p // 24) * 14 + 7 - 251) ** 2 < 10.5**2]
+    small_patches.append((251 // 14) * 24 + 250 // 14)
+    assert [p for p, m in enumerate(marks) if m] == sorted([min(covered), min(small_patches)])
+    assert min(covered) != covered[len(covered) // 2]  # a large object's first patch is not its middle
+
+    _, processor = tiny
+    weights = train_scenes.parse_type_weights("count_color=1,count_shape=1,color=0,shape=0,exist=0,spatial=0,describe=0")
+    seeds = [scenes.TRAIN_SEED + 80, scenes.TRAIN_SEED + 81]
+    batch = train_scenes.independent_batch(processor, seeds, 2, 1.0, random.Random(0), weights, 0.5)
+    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    drawn = [train_scenes.training_scene(seed, 0.5)[1] for seed in seeds]
+    found = train_scenes.visual_anchors(batch["input_ids"], image_token, drawn)
+    for row, objects in enumerate(drawn):
+        places = (batch["input_ids"][row] == image_token).nonzero().squeeze(1)
+        grid = int(len(places) ** 0.5)
+        assert grid * grid == len(places)
+        mine = found["visual_row"] == row
+        assert found["visual_at"][mine].tolist() == places.tolist()
+        assert found["anchor"][mine].tolist() == train_scenes.object_anchors(objects, grid)
+        assert 1 <= int(found["anchor"][mine].sum()) <= len(objects)
+    with pytest.raises(ValueError, match="not a square grid"):
+        train_scenes.visual_anchors(torch.full((1, 10), image_token), image_token, drawn[:1])
+
+
+def test_the_anchor_probe_is_a_balanced_logistic_loss_below_its_layer(tiny):
+    """The anchor probe reads every visual token after `layer` decoder layers: its loss is the mean
+    of the logistic loss over anchors and over the rest (written out here), its gradient reaches
+    the adapter of the layers below only, and with a count probe both losses are added at their
+    weights."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    pytest.importorskip("peft")
+    from tokentrim_cli import scenes
+    from tokentrim_cli.model import build_random
+
+    model, processor = build_random("tiny", seed=0)
+    train_scenes.add_lora(model, 4, 8.0)
+    train_scenes.stage_two_parameters(model, 0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    anchor = train_scenes.AnchorProbe(model.config.text_config.hidden_size, 1, 0.5)
+    count = train_scenes.CountProbe(model.config.text_config.hidden_size, 1, 2.0)
+    with torch.no_grad():
+        anchor.head.weight.normal_(0, 1.0)
+        count.head.weight.normal_(0, 1.0)
+    weights = train_scenes.parse_type_weights("count_color=1,count_shape=1,color=0,shape=0,exist=0,spatial=0,describe=0")
+    seed = scenes.TRAIN_SEED + 5
+    batch = train_scenes.independent_batch(processor, [seed], 3, 1.0, random.Random(0), weights)
+    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    batch |= train_scenes.visual_anchors(batch["input_ids"], image_token, [train_scenes.training_scene(seed, 0.0)[1]])
+    batch["labels"][:] = -100
+    batch["labels"][0, -1] = batch["input_ids"][0, -1]
+    plain, [] = train_scenes.answer_loss(model, batch)
+    total, [(anchor_loss, right), (count_loss, _)] = train_scenes.answer_loss(model, batch, anchor, count)
+    torch.testing.assert_close(total, plain + 0.5 * anchor_loss + 2.0 * count_loss, atol=1e-5, rtol=1e-5)
+    model.zero_grad()
+    anchor_loss.backward()
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            reached = parameter.grad is not None and parameter.grad.abs().sum() > 0
+            assert reached == (int(name.split("layers.")[1].split(".")[0]) < 1), name
+    with torch.no_grad():
+        states = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                             attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+                             output_hidden_states=True).hidden_states[1][0]  # fmt: skip
+        visual = states[batch["input_ids"][0] == image_token]
+        centred = visual - visual.mean(-1, keepdim=True)
+        logits = (centred / (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()) @ anchor.head.weight[0] + anchor.head.bias
+        marks = batch["anchor"]
+        positive = torch.nn.functional.softplus(-logits[marks]).mean()  # -log sigmoid
+        negative = torch.nn.functional.softplus(logits[~marks]).mean()  # -log (1 - sigmoid)
+        said = logits > 0
+        balanced = 0.5 * (said[marks].float().mean() + (~said[~marks]).float().mean())
+    assert 0 < int(marks.sum()) < len(marks)
+    torch.testing.assert_close(anchor_loss.detach(), (positive + negative) / 2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(right, balanced, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--count-probe-layer", "20"], "needs --independent-turns"),
     (["--count-probe-layer", "10", "--independent-turns", "--train-from-layer", "14", "--projector-steps", "0"],
+     "reads below the layers trained"),
+    (["--anchor-probe-layer", "10", "--train-from-layer", "14", "--projector-steps", "0"],
      "reads below the layers trained"),
 ])  # fmt: skip
 def test_a_count_probe_that_could_not_train_anything_is_refused(flags, message):
