@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from count_diagnosis import count_class, model_answers  # noqa: E402  (beside this script)
-from size_diagnosis import PROBE_SEED, counted, counted_objects, fit_probe  # noqa: E402
+from size_diagnosis import PROBE_SEED, counted, counted_objects, fit_probe, visual_batches  # noqa: E402
 
 from tokentrim_cli import scenes  # noqa: E402
 
@@ -110,15 +110,10 @@ def patch_features(model, processor, seeds: list[int]):
     """(pictures, 576, D) projector outputs (bf16 autocast, as the evaluation runs) and the objects."""
     import torch
 
-    layer = model.config.vision_feature_layer
     features, every = [], []
-    for start in range(0, len(seeds), 8):
-        drawn = [scenes.scene(seed) for seed in seeds[start : start + 8]]
-        pixels = processor.image_processor([image for image, _ in drawn], return_tensors="pt")["pixel_values"]
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            tower = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[layer][:, 1:]
-            features.append(model.model.multi_modal_projector(tower).float())
-        every += [objects for _, objects in drawn]
+    for _, projected, drawn in visual_batches(model, processor, seeds):
+        features.append(projected.float())
+        every += drawn
     return torch.cat(features), every
 
 

@@ -196,23 +196,33 @@ def fit_probe(train_x, train_y, classes: int, steps: int = 300, weight_decay: fl
     return lambda features: linear((features - mean) / std).argmax(-1)
 
 
+def visual_batches(model, processor, seeds: list[int], size: int = 8):
+    """Per batch of `size` pictures: the tower's patch features at the model's feature layer (no
+    CLS), the projector's output of them (both under bf16 autocast, as the evaluation runs), and each
+    picture's objects."""
+    import torch
+
+    layer = model.config.vision_feature_layer
+    for start in range(0, len(seeds), size):
+        drawn = [scenes.scene(seed) for seed in seeds[start : start + size]]
+        pixels = processor.image_processor([image for image, _ in drawn], return_tensors="pt")["pixel_values"]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            tower = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[layer][:, 1:]
+            projected = model.model.multi_modal_projector(tower)
+        yield tower, projected, [objects for _, objects in drawn]
+
+
 def probe_features(model, processor, seeds: list[int], pooling: str = "object") -> tuple[dict, list[scenes.SceneObject]]:
     """{"tower": (rows, D), "projector": (rows, D')} and the object of each row, over every object
     of the pictures: a row is an object's mean over its patches (pooling "object") or one patch an
     object covers (pooling "patch")."""
     import torch
 
-    layer = model.config.vision_feature_layer
     found: dict[str, list] = {"tower": [], "projector": []}
     every: list[scenes.SceneObject] = []
-    for start in range(0, len(seeds), 8):
-        drawn = [scenes.scene(seed) for seed in seeds[start : start + 8]]
-        pixels = processor.image_processor([image for image, _ in drawn], return_tensors="pt")["pixel_values"]
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            tower = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[layer][:, 1:]
-            projected = model.model.multi_modal_projector(tower)
+    for tower, projected, drawn in visual_batches(model, processor, seeds):
         width = tower.shape[-1]
-        for n, (_, objects) in enumerate(drawn):
+        for n, objects in enumerate(drawn):
             # one pooling (patch_objects walks every patch per object) for both features, side by side
             both = torch.cat([tower[n].float(), projected[n].float()], dim=-1)
             if pooling == "object":

@@ -314,8 +314,8 @@ def conversation(
     answer can be copied from the earlier turn, so it teaches nothing about the picture. The spatial
     questions ask only about `relations` (all four draw as scenes.make_question does), each as often
     as its weight when `relations` is a dict of weights (parse_relations)."""
-    image, messages, _ = asked_conversation(seed, turns, short_share, rng, weights, narrow_share, distinct,
-                                            small_share, few_share, relations)  # fmt: skip
+    image, messages, _, _ = asked_conversation(seed, turns, short_share, rng, weights, narrow_share, distinct,
+                                               small_share, few_share, relations)  # fmt: skip
     return image, messages
 
 
@@ -324,7 +324,8 @@ def asked_conversation(
     narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0, few_share: float = 0.0,
     relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS),
 ):  # fmt: skip
-    """conversation()'s (picture, messages) and the scenes.Question of each turn, the same draws."""
+    """conversation()'s (picture, messages), the scenes.Question of each turn and the picture's
+    objects, the same draws."""
     image, objects = training_scene(seed, narrow_share, small_share, few_share)
     messages, questions = [], []
     asked: set[str] = set()
@@ -344,7 +345,7 @@ def asked_conversation(
         content = ([{"type": "image"}] if turn == 0 else []) + [{"type": "text", "text": prompt}]
         messages.append({"role": "user", "content": content})
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return image, messages, questions
+    return image, messages, questions, objects
 
 
 def answer_labels(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
@@ -371,12 +372,13 @@ def make_batch(
     narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0, few_share: float = 0.0,
     relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS),
 ) -> dict:  # fmt: skip
-    images, texts = [], []
+    images, texts, drawn = [], [], []
     for seed in seeds:
-        image, messages = conversation(seed, turns, short_share, rng, weights, narrow_share, distinct, small_share,
-                                       few_share, relations)  # fmt: skip
+        image, messages, _, objects = asked_conversation(seed, turns, short_share, rng, weights, narrow_share, distinct,
+                                                         small_share, few_share, relations)  # fmt: skip
         images.append(image)
         texts.append(processor.apply_chat_template(messages, add_generation_prompt=False))
+        drawn.append(objects)
     tokenizer = processor.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "right"
     try:
@@ -386,6 +388,7 @@ def make_batch(
     labels = answer_labels(batch["input_ids"], tokenizer)
     labels[batch["attention_mask"] == 0] = -100
     batch["labels"] = labels
+    batch["objects"] = drawn  # each row's objects, for --anchor-probe-layer
     return batch
 
 
@@ -474,12 +477,14 @@ def independent_batch(
 ) -> dict:  # fmt: skip
     """make_batch's questions (the same draws), each turn asked alone with its picture (single_turns):
     right-padded rows, a 4-D attention mask and the position ids; and every count turn's counted
-    word as (count_row, count_at) with its count_class, for `--count-probe-layer`."""
-    rows = []
+    word as (count_row, count_at) with its count_class, for `--count-probe-layer`; and each row's
+    objects, for `--anchor-probe-layer`."""
+    rows, drawn = [], []
     for seed in seeds:
-        image, messages, questions = asked_conversation(seed, turns, short_share, rng, weights, narrow_share, distinct,
-                                                        small_share, few_share, relations)  # fmt: skip
+        image, messages, questions, objects = asked_conversation(seed, turns, short_share, rng, weights, narrow_share,
+                                                                 distinct, small_share, few_share, relations)  # fmt: skip
         rows.append(single_turns(processor, image, messages, questions))
+        drawn.append(objects)
     length = max(len(row["input_ids"]) for row in rows)
     pad = processor.tokenizer.pad_token_id
 
@@ -491,7 +496,7 @@ def independent_batch(
             "pixel_values": torch.cat([row["pixel_values"] for row in rows]),
             "count_row": torch.cat([torch.full_like(row["count_at"], b) for b, row in enumerate(rows)]),
             "count_at": torch.cat([row["count_at"] for row in rows]),
-            "count_class": torch.cat([row["count_class"] for row in rows])}  # fmt: skip
+            "count_class": torch.cat([row["count_class"] for row in rows]), "objects": drawn}  # fmt: skip
 
 
 class CountProbe(torch.nn.Module):
@@ -503,6 +508,8 @@ class CountProbe(torch.nn.Module):
     counted word is read, instead of only through the answer's one token at the end. The stream is
     layer-normalised (no affine) so that the probe's scale does not depend on the residual's. Never
     saved: what ships is the adapter it trained."""
+
+    name = "count"
 
     def __init__(self, hidden_size: int, layer: int, weight: float):
         super().__init__()
@@ -556,6 +563,8 @@ class AnchorProbe(torch.nn.Module):
     no earlier token next to it (above or to its left) belongs to the same object. Marked there, a
     count becomes a sum over marks. About 5 of the 576 tokens are anchors, so the logistic loss
     weighs anchors and the rest half each; `right` is the balanced accuracy. Never saved."""
+
+    name = "anchor"
 
     def __init__(self, hidden_size: int, layer: int, weight: float):
         super().__init__()
@@ -881,8 +890,7 @@ def run_stage(model, processor, params, *, steps, lr, args, offset, log, questio
             processor, seeds, args.turns, args.short_share, rng, args.type_weights, args.narrow_share, args.distinct,
             args.small_share, args.few_share, args.relations)  # fmt: skip
         if anchor_probe is not None:
-            drawn = [training_scene(seed, args.narrow_share, args.small_share, args.few_share)[1] for seed in seeds]
-            batch |= visual_anchors(batch["input_ids"], image_token, drawn)
+            batch |= visual_anchors(batch["input_ids"], image_token, batch["objects"])
         with autocast():
             loss, found = answer_loss(model, batch, *probes)
         loss.backward()
@@ -898,8 +906,7 @@ def run_stage(model, processor, params, *, steps, lr, args, offset, log, questio
             probe_part = ""
             for probe, seen in probed.items():  # the total loss above includes each probe's, at its weight
                 if seen:
-                    name = "count" if isinstance(probe, CountProbe) else "anchor"
-                    probe_part += (f"{name} probe loss {sum(p[0] for p in seen) / len(seen):.4f} "
+                    probe_part += (f"{probe.name} probe loss {sum(p[0] for p in seen) / len(seen):.4f} "
                                    f"right {sum(p[1] for p in seen) / len(seen):.3f} ")  # fmt: skip
             log(f"step {step + 1}/{steps} loss {sum(losses) / len(losses):.4f} {probe_part}lr {schedule.get_last_lr()[0]:.2e} "
                 f"{(time.time() - started) / 60:.1f} min")  # fmt: skip
@@ -968,12 +975,10 @@ def main() -> None:
         parser.error("--train-from-layer keeps the projector as it is: it cannot go with --projector-steps or --align-images")
     if args.count_probe_layer and not args.independent_turns:
         parser.error("--count-probe-layer finds the counted word in turns asked alone: it needs --independent-turns")
-    if args.count_probe_layer and args.count_probe_layer <= args.train_from_layer:
-        parser.error(f"--count-probe-layer {args.count_probe_layer} reads below the layers trained "
-                     f"(--train-from-layer {args.train_from_layer}): nothing it learns would reach the adapter")  # fmt: skip
-    if args.anchor_probe_layer and args.anchor_probe_layer <= args.train_from_layer:
-        parser.error(f"--anchor-probe-layer {args.anchor_probe_layer} reads below the layers trained "
-                     f"(--train-from-layer {args.train_from_layer}): nothing it learns would reach the adapter")  # fmt: skip
+    for name, layer in (("count", args.count_probe_layer), ("anchor", args.anchor_probe_layer)):
+        if layer and layer <= args.train_from_layer:
+            parser.error(f"--{name}-probe-layer {layer} reads below the layers trained "
+                         f"(--train-from-layer {args.train_from_layer}): nothing it learns would reach the adapter")  # fmt: skip
     use_precision(args.precision)
 
     torch.set_num_threads(args.threads)
@@ -1015,22 +1020,19 @@ def main() -> None:
             parser.error(f"--train-from-layer {args.train_from_layer}: the decoder has no layer that high")
         trained = f"LoRA of layers {args.train_from_layer} and up" if args.train_from_layer else "projector + LoRA"
         log(f"stage 2: {trained} ({sum(p.numel() for p in params):,} parameters), {args.lora_steps} steps")
-        count_probe = None
-        if args.count_probe_layer:
-            text_config = model.config.text_config
-            if args.count_probe_layer > text_config.num_hidden_layers:
-                parser.error(f"--count-probe-layer {args.count_probe_layer}: the decoder has "
-                             f"{text_config.num_hidden_layers} layers")  # fmt: skip
-            count_probe = CountProbe(text_config.hidden_size, args.count_probe_layer, args.count_probe_weight)
-            log(f"count probe after decoder layer {args.count_probe_layer}, weight {args.count_probe_weight} (not saved)")
-        anchor_probe = None
-        if args.anchor_probe_layer:
-            text_config = model.config.text_config
-            if args.anchor_probe_layer > text_config.num_hidden_layers:
-                parser.error(f"--anchor-probe-layer {args.anchor_probe_layer}: the decoder has "
-                             f"{text_config.num_hidden_layers} layers")  # fmt: skip
-            anchor_probe = AnchorProbe(text_config.hidden_size, args.anchor_probe_layer, args.anchor_probe_weight)
-            log(f"anchor probe after decoder layer {args.anchor_probe_layer}, weight {args.anchor_probe_weight} (not saved)")
+        text_config = model.config.text_config
+
+        def probe(kind: type, layer: int, weight: float):
+            """The training-only probe `kind` after `layer` decoder layers, or None (layer 0: not asked)."""
+            if not layer:
+                return None
+            if layer > text_config.num_hidden_layers:
+                parser.error(f"--{kind.name}-probe-layer {layer}: the decoder has {text_config.num_hidden_layers} layers")
+            log(f"{kind.name} probe after decoder layer {layer}, weight {weight} (not saved)")
+            return kind(text_config.hidden_size, layer, weight)
+
+        count_probe = probe(CountProbe, args.count_probe_layer, args.count_probe_weight)
+        anchor_probe = probe(AnchorProbe, args.anchor_probe_layer, args.anchor_probe_weight)
         offset = run_stage(model, processor, params, steps=args.lora_steps, lr=args.lora_lr, args=args,
                            offset=offset, log=log, questions=questions, out=args.out, started=started,
                            count_probe=count_probe, anchor_probe=anchor_probe)  # fmt: skip

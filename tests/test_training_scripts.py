@@ -777,6 +777,20 @@ def test_count_turns_mark_the_counted_word_and_the_true_count(tiny):
         assert read.endswith(f"How many {phrase}"), read[-40:]
 
 
+def assert_gradient_reaches_the_adapter_below(model, layer: int) -> None:
+    """Every adapter weight of the decoder layers below `layer` has a gradient, and none above."""
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            reached = parameter.grad is not None and parameter.grad.abs().sum() > 0
+            assert reached == (int(name.split("layers.")[1].split(".")[0]) < layer), name
+
+
+def layer_normed(states):
+    """Layer normalisation without affine parameters, written out (what the probes read)."""
+    centred = states - states.mean(-1, keepdim=True)
+    return centred / (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
+
+
 def test_the_count_probe_trains_the_adapter_below_its_layer_only(tiny):
     """The count probe's loss reads the residual stream after `layer` decoder layers at the counted
     word: its gradient reaches the adapter of the layers below and none above; it is the
@@ -804,17 +818,12 @@ def test_the_count_probe_trains_the_adapter_below_its_layer_only(tiny):
     _, [(probe_loss, _)] = train_scenes.answer_loss(model, batch, probe)
     probe_loss.backward()
     assert 1 < layers
-    for name, parameter in model.named_parameters():
-        if "lora_" in name:
-            reached = parameter.grad is not None and parameter.grad.abs().sum() > 0
-            assert reached == (int(name.split("layers.")[1].split(".")[0]) < 1), name
+    assert_gradient_reaches_the_adapter_below(model, 1)
     with torch.no_grad():
         states = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
                              attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
                              output_hidden_states=True).hidden_states[1][0, batch["count_at"]]  # fmt: skip
-        centred = states - states.mean(-1, keepdim=True)
-        normed = centred / (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
-        reference = torch.nn.functional.cross_entropy(normed @ probe.head.weight.T + probe.head.bias, batch["count_class"])
+        reference = torch.nn.functional.cross_entropy(layer_normed(states) @ probe.head.weight.T + probe.head.bias, batch["count_class"])
     torch.testing.assert_close(probe_loss, reference, atol=1e-5, rtol=1e-5)
 
 
@@ -887,17 +896,13 @@ def test_the_anchor_probe_is_a_balanced_logistic_loss_below_its_layer(tiny):
     torch.testing.assert_close(total, plain + 0.5 * anchor_loss + 2.0 * count_loss, atol=1e-5, rtol=1e-5)
     model.zero_grad()
     anchor_loss.backward()
-    for name, parameter in model.named_parameters():
-        if "lora_" in name:
-            reached = parameter.grad is not None and parameter.grad.abs().sum() > 0
-            assert reached == (int(name.split("layers.")[1].split(".")[0]) < 1), name
+    assert_gradient_reaches_the_adapter_below(model, 1)
     with torch.no_grad():
         states = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
                              attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
                              output_hidden_states=True).hidden_states[1][0]  # fmt: skip
         visual = states[batch["input_ids"][0] == image_token]
-        centred = visual - visual.mean(-1, keepdim=True)
-        logits = (centred / (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()) @ anchor.head.weight[0] + anchor.head.bias
+        logits = layer_normed(visual) @ anchor.head.weight[0] + anchor.head.bias
         marks = batch["anchor"]
         positive = torch.nn.functional.softplus(-logits[marks]).mean()  # -log sigmoid
         negative = torch.nn.functional.softplus(logits[~marks]).mean()  # -log (1 - sigmoid)
