@@ -3,6 +3,8 @@ resumable and sharded runs, and a model spread over devices (issue 15)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -218,11 +220,18 @@ def test_an_interrupted_run_resumes_without_redoing_samples(tmp_path, monkeypatc
     assert second.exit_code == 0, second.stderr
     assert calls == [2]  # only the last two samples were answered
     assert json.loads(second.stdout)["samples"] == 6
+    assert json.loads(second.stdout)["profiles"][0]["resumed_samples"] == 4  # its time is not in "seconds"
     calls.clear()
     more = runner.invoke(app, [*args[:-1], "--profile", "fastv", "--json"])
     assert more.exit_code == 0, more.stderr
     assert calls == [2, 2, 2]  # an added profile reuses the finished one: only fastv's samples ran
     assert [row["profile"] for row in json.loads(more.stdout)["profiles"]] == ["baseline", "fastv"]
+    assert [row["resumed_samples"] for row in json.loads(more.stdout)["profiles"]] == [6, 0]
+    table = runner.invoke(app, [*args[:-1], "--profile", "fastv", "--format", "csv"])
+    assert table.exit_code == 0, table.stderr
+    assert [row["resumed_samples"] for row in csv.DictReader(io.StringIO(table.stdout))] == ["6", "6"]
+    wide = runner.invoke(app, [*args[:-1], "--profile", "fastv", "--wide"], env={"COLUMNS": "300"})
+    assert wide.exit_code == 0 and "(6 resumed)" in wide.stdout, wide.stdout
     fewer = runner.invoke(app, [*args[:-3], "--limit", "4", "--profile", "baseline", "--json"])
     assert fewer.exit_code == 2 and "holds another run (it differs in dataset" in fewer.stderr
     changed = tmp_path / "fastv.toml"

@@ -45,7 +45,8 @@ class ProfileScores:
     records: list[Record] = field(default_factory=list)  # in the evaluation set's order
     summary: Summary | None = None
     correct: list[float] = field(default_factory=list)  # per-sample score in [0, 1]
-    seconds: float = 0.0
+    seconds: float = 0.0  # this process's answering time: resumed samples took theirs in an earlier run
+    resumed: int = 0  # samples whose answers came from --output-dir, answered by an earlier run
 
     @property
     def predictions(self) -> list[str]:
@@ -223,7 +224,8 @@ def evaluate(
     for profile in profiles:
         records = store.load(profile.name) if shard.is_main else {}
         records = shard.broadcast(records)
-        done += len(records)  # finished in an earlier, interrupted run
+        resumed = len(records)
+        done += resumed  # finished in an earlier, interrupted run
         started = time.perf_counter()
         batches = _batches_by_cap([s for s in mine if s.id not in records], cap, batch_size)
         for batch in shard.padded(batches):
@@ -244,6 +246,7 @@ def evaluate(
         skipped = shard.gather_skipped(skipped)
         row = ProfileScores(profile.name, profile.sha256)
         row.seconds = shard.max_seconds(time.perf_counter() - started)
+        row.resumed = resumed
         rows.append((row, records))
         if shard.is_main:
             store.save(profile.name, records)

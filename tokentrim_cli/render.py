@@ -437,6 +437,7 @@ def eval_rows(report) -> list[dict]:
             "visual_after_pruning": report.mean(row, "after_pruning"),
             "prefill_flops_ratio": report.flops_ratio(row),
             "seconds": row.seconds,
+            "resumed_samples": row.resumed,
         }
         for name, value in (row.summary.metrics if row.summary else {}).items():
             entry.setdefault(name, value)
@@ -460,7 +461,7 @@ def eval_table(report, *, wide: bool = False) -> Table:
         columns += ["after pruning", "time s"]
     extra = [k for k in eval_rows(report)[0] if "/" in k or k not in (
         "profile", report.score_name, "retention", "agreement", "visual_input", "visual_layer_averaged",
-        "visual_after_pruning", "prefill_flops_ratio", "seconds")] if wide else []  # fmt: skip
+        "visual_after_pruning", "prefill_flops_ratio", "seconds", "resumed_samples")] if wide else []  # fmt: skip
     for column in columns + extra:
         table.add_column(cell(column), justify="left" if column == "profile" else "right", no_wrap=column == "profile")
     for row, entry in zip(report.rows, eval_rows(report)):
@@ -469,7 +470,8 @@ def eval_table(report, *, wide: bool = False) -> Table:
             f"{entry['visual_input']:.1f} ({entry['visual_layer_averaged']:.1f})", f"{entry['prefill_flops_ratio']:.3f}",
         ]  # fmt: skip
         if wide:
-            values += [f"{entry['visual_after_pruning']:.1f}", f"{row.seconds:.1f}"]
+            resumed = f" ({row.resumed} resumed)" if row.resumed else ""  # their time was an earlier run's
+            values += [f"{entry['visual_after_pruning']:.1f}", f"{row.seconds:.1f}{resumed}"]
             values += [f"{entry[k]:.3f}" if isinstance(entry.get(k), float) else str(entry.get(k, "-")) for k in extra]
         table.add_row(*values)
     return table
@@ -501,7 +503,8 @@ def eval_document(report) -> dict:
                 # MustDrop's and SparseVLM's convention: each layer counted after its own pruning
                 "visual_layer_averaged_after_pruning": entry["visual_after_pruning"],
                 "prefill_flops_ratio": report.flops_ratio(row),
-                "seconds": row.seconds,
+                "seconds": row.seconds,  # answering time in this process only
+                "resumed_samples": row.resumed,  # answered by an earlier run in --output-dir
                 "predictions": row.predictions,
                 "correct": row.correct,
                 "ids": [r.id for r in row.records],
