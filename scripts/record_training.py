@@ -30,10 +30,8 @@ import sys
 from pathlib import Path
 
 LINE = re.compile(r"^\[(\d\d:\d\d:\d\d)\] (.*)$")
-STEP = re.compile(
-    r"^step (\d+)/(\d+) loss ([\d.]+) (?:count probe loss ([\d.]+) right ([\d.]+) )?"
-    r"(?:anchor probe loss ([\d.]+) right ([\d.]+) )?lr ([\d.e+-]+) ([\d.]+) min$"
-)
+STEP = re.compile(r"^step (\d+)/(\d+) loss ([\d.]+) ((?:\w+ probe loss [\d.]+ right [\d.]+ )*)lr ([\d.e+-]+) ([\d.]+) min$")
+PROBE = re.compile(r"(\w+) probe loss ([\d.]+) right ([\d.]+)")  # each training-only probe's, as logged
 HELD_OUT = re.compile(r"^held-out after step (\d+): (\{.*\})$")
 ALIGNMENT_HELD_OUT = re.compile(r"^held-out after stage 0: (\{.*\})$")
 STAGE = re.compile(r"^stage (\d): (.*), (\d+) steps$")
@@ -77,11 +75,9 @@ def parse(log: Path) -> dict:
             stage = {"stage": int(m.group(1)), "what": m.group(2), "steps_planned": int(m.group(3)), "log": [], "held_out": []}
             stages.append(stage)
         elif (m := STEP.match(message)) and stage is not None:
-            entry = {"step": int(m.group(1)), "loss": float(m.group(3)), "lr": float(m.group(8)), "minutes": float(m.group(9))}
-            if m.group(4):  # --count-probe-layer: the probe's own loss (in the loss above, at its weight) and share right
-                entry |= {"count_probe_loss": float(m.group(4)), "count_probe_right": float(m.group(5))}
-            if m.group(6):  # --anchor-probe-layer: the same for the anchor probe (share right: balanced accuracy)
-                entry |= {"anchor_probe_loss": float(m.group(6)), "anchor_probe_right": float(m.group(7))}
+            entry = {"step": int(m.group(1)), "loss": float(m.group(3)), "lr": float(m.group(5)), "minutes": float(m.group(6))}
+            for name, loss, right in PROBE.findall(m.group(4)):  # --count/anchor/tally-probe-layer: each probe's own
+                entry |= {f"{name}_probe_loss": float(loss), f"{name}_probe_right": float(right)}  # loss (in the loss above)
             stage["log"].append(entry)
         elif (m := HELD_OUT.match(message)) and stage is not None:
             stage["held_out"].append({"step": int(m.group(1)), **json.loads(m.group(2))})

@@ -43,7 +43,9 @@ found it never formed, not only through the answer's one token. `--anchor-probe-
 another: a linear probe, on every visual token after L decoder layers, of whether the token is its
 object's first patch in row-major order (`AnchorProbe`, run 43), so that the layers below L learn to
 mark each object once (benchmarks/count_components.py: the tokens can be counted, the decoder does
-not group them into objects).
+not group them into objects). `--tally-probe-layer L` adds a third: on every visual token, the
+running count of each shape and colour up to it, counted at the objects' first patches
+(`TallyProbe`, run 45), so that the marks are added up inside the picture.
 `--small-share` draws that share of the pictures with small objects alone (run 12), `--few-share`
 with two or three objects (run 14).
 `--relations left` asks the spatial questions about that relation alone (run 17);
@@ -388,7 +390,7 @@ def make_batch(
     labels = answer_labels(batch["input_ids"], tokenizer)
     labels[batch["attention_mask"] == 0] = -100
     batch["labels"] = labels
-    batch["objects"] = drawn  # each row's objects, for --anchor-probe-layer
+    batch["objects"] = drawn  # each row's objects, for --anchor-probe-layer and --tally-probe-layer
     return batch
 
 
@@ -537,19 +539,39 @@ def object_anchors(objects: list[scenes.SceneObject], grid: int) -> list[bool]:
     return [first.get(i) == place for place, i in enumerate(owner)]
 
 
+TALLIED = (*scenes.SHAPES, *scenes.COLORS)  # what --tally-probe-layer keeps a running count of
+
+
+def object_tallies(objects: list[scenes.SceneObject], grid: int) -> list[list[int]]:
+    """Per patch (row-major), for each shape and then each colour of TALLIED, how many objects of it
+    have their first patch (object_anchors) at or before that patch: the count so far, in the
+    order the tower's patches come."""
+    so_far, begun, out = [0] * len(TALLIED), set(), []
+    for i in patch_objects(objects, grid, scenes.SIZE / grid):
+        if i >= 0 and i not in begun:  # object i's first patch
+            begun.add(i)
+            so_far[TALLIED.index(objects[i].shape)] += 1
+            so_far[TALLIED.index(objects[i].color)] += 1
+        out.append(list(so_far))
+    return out
+
+
 def visual_anchors(input_ids: torch.Tensor, image_token: int, objects_per_row: list[list[scenes.SceneObject]]) -> dict:
     """Every visual token of a batch as (visual_row, visual_at), with whether it is an object's
-    first patch (anchor), for `--anchor-probe-layer`. The visual tokens of a row are its image
-    tokens, in the tower's row-major order of patches."""
+    first patch (anchor, for `--anchor-probe-layer`) and the running counts up to it (tally, for
+    `--tally-probe-layer`). The visual tokens of a row are its image tokens, in the tower's
+    row-major order of patches."""
     rows, at = (input_ids == image_token).nonzero(as_tuple=True)
-    marks = []
+    marks, tallies = [], []
     for row, objects in enumerate(objects_per_row):
         patches = int((rows == row).sum())
         grid = math.isqrt(patches)
         if grid * grid != patches:
             raise ValueError(f"row {row} has {patches} visual tokens, not a square grid")
         marks += object_anchors(objects, grid)
-    return {"visual_row": rows, "visual_at": at, "anchor": torch.tensor(marks, dtype=torch.bool)}
+        tallies += object_tallies(objects, grid)
+    return {"visual_row": rows, "visual_at": at, "anchor": torch.tensor(marks, dtype=torch.bool),
+            "tally": torch.tensor(tallies, dtype=torch.float32)}  # fmt: skip
 
 
 class AnchorProbe(torch.nn.Module):
@@ -584,9 +606,40 @@ class AnchorProbe(torch.nn.Module):
         return loss, right.float()
 
 
+class TallyProbe(torch.nn.Module):
+    """A training-only linear probe, on every visual token, of the running count of each shape and
+    each colour: how many objects of it have begun (their first patch, AnchorProbe's mark) at or
+    before this token in row-major order (`--tally-probe-layer`, run45), on the residual stream
+    after `layer` decoder layers. On run43's weights a count fails mostly past one (a shape's count
+    of two is right 56% of the time): the objects are marked, and adding the marks up is what is
+    left. Under causal attention a token sees exactly the marks before it, so a running count is
+    something each token can hold; at the picture's last token it is every count the questions ask.
+    A regression (mean squared error over the 14 counts); `right` is the share of those counts at
+    each row's last visual token that round to the truth. Never saved."""
+
+    name = "tally"
+
+    def __init__(self, hidden_size: int, layer: int, weight: float):
+        super().__init__()
+        self.layer, self.weight = layer, weight
+        self.head = torch.nn.Linear(hidden_size, len(TALLIED))
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, hidden_states, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, at = batch["visual_row"], batch["visual_at"]
+        states = hidden_states[self.layer][rows, at].float()
+        said = self.head(torch.nn.functional.layer_norm(states, states.shape[-1:]))
+        truth = batch["tally"]
+        loss = torch.nn.functional.mse_loss(said, truth)
+        last = torch.stack([(rows == row).nonzero()[-1, 0] for row in rows.unique()])  # tokens come in order
+        right = (said[last].round() == truth[last]).float().mean()
+        return loss, right
+
+
 def answer_loss(model, batch: dict, *probes):
     """Cross-entropy over the answer tokens, running the output layer on those positions only; plus
-    each probe's loss (CountProbe, AnchorProbe) at its weight. Returns (loss, [each probe's (loss,
+    each probe's loss (CountProbe, AnchorProbe, TallyProbe) at its weight. Returns (loss, [each probe's (loss,
     right), or None where the batch gives it nothing to read])."""
     labels = batch["labels"]
     outputs = model.model(
@@ -863,13 +916,11 @@ def stage_two_parameters(model, first_layer: int = 0) -> list[torch.nn.Parameter
 
 
 def run_stage(model, processor, params, *, steps, lr, args, offset, log, questions, out, started,
-              count_probe=None, anchor_probe=None) -> int:  # fmt: skip
-    groups = [{"params": params, "lr": lr}]
-    if count_probe is not None:
-        groups.append({"params": list(count_probe.parameters()), "lr": args.count_probe_lr})
-    if anchor_probe is not None:
-        groups.append({"params": list(anchor_probe.parameters()), "lr": args.anchor_probe_lr})
-    probes = [p for p in (count_probe, anchor_probe) if p is not None]
+              probes=()) -> int:  # fmt: skip
+    """`probes`: (training-only probe, its learning rate) pairs, trained beside `params`."""
+    groups = [{"params": params, "lr": lr}] + [{"params": list(p.parameters()), "lr": p_lr} for p, p_lr in probes]
+    probes = [p for p, _ in probes]
+    marks_needed = any(isinstance(p, (AnchorProbe, TallyProbe)) for p in probes)
     image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0, betas=(0.9, 0.98))
     warmup = min(50, steps // 10 + 1)
@@ -889,7 +940,7 @@ def run_stage(model, processor, params, *, steps, lr, args, offset, log, questio
         batch = (independent_batch if args.independent_turns else make_batch)(
             processor, seeds, args.turns, args.short_share, rng, args.type_weights, args.narrow_share, args.distinct,
             args.small_share, args.few_share, args.relations)  # fmt: skip
-        if anchor_probe is not None:
+        if marks_needed:
             batch |= visual_anchors(batch["input_ids"], image_token, batch["objects"])
         with autocast():
             loss, found = answer_loss(model, batch, *probes)
@@ -955,6 +1006,12 @@ def main() -> None:
                              "layers (AnchorProbe; needs --train-from-layer below it)")  # fmt: skip
     parser.add_argument("--anchor-probe-weight", type=float, default=1.0, help="the anchor probe's loss counts this much")
     parser.add_argument("--anchor-probe-lr", type=float, default=1e-3)
+    parser.add_argument("--tally-probe-layer", type=int, default=0,
+                        help="stage 2 also trains a probe of the running count of each shape and colour on every "
+                             "visual token after this many decoder layers (TallyProbe; needs --train-from-layer "
+                             "below it)")  # fmt: skip
+    parser.add_argument("--tally-probe-weight", type=float, default=1.0, help="the tally probe's loss counts this much")
+    parser.add_argument("--tally-probe-lr", type=float, default=1e-3)
     parser.add_argument("--projector-lr", type=float, default=1e-3)
     parser.add_argument("--lora-lr", type=float, default=3e-4)
     parser.add_argument("--train-from-layer", type=int, default=0,
@@ -975,7 +1032,8 @@ def main() -> None:
         parser.error("--train-from-layer keeps the projector as it is: it cannot go with --projector-steps or --align-images")
     if args.count_probe_layer and not args.independent_turns:
         parser.error("--count-probe-layer finds the counted word in turns asked alone: it needs --independent-turns")
-    for name, layer in (("count", args.count_probe_layer), ("anchor", args.anchor_probe_layer)):
+    for name, layer in (("count", args.count_probe_layer), ("anchor", args.anchor_probe_layer),
+                        ("tally", args.tally_probe_layer)):
         if layer and layer <= args.train_from_layer:
             parser.error(f"--{name}-probe-layer {layer} reads below the layers trained "
                          f"(--train-from-layer {args.train_from_layer}): nothing it learns would reach the adapter")  # fmt: skip
@@ -1031,11 +1089,13 @@ def main() -> None:
             log(f"{kind.name} probe after decoder layer {layer}, weight {weight} (not saved)")
             return kind(text_config.hidden_size, layer, weight)
 
-        count_probe = probe(CountProbe, args.count_probe_layer, args.count_probe_weight)
-        anchor_probe = probe(AnchorProbe, args.anchor_probe_layer, args.anchor_probe_weight)
+        probes = [(probe(kind, layer, weight), probe_lr) for kind, layer, weight, probe_lr in (
+            (CountProbe, args.count_probe_layer, args.count_probe_weight, args.count_probe_lr),
+            (AnchorProbe, args.anchor_probe_layer, args.anchor_probe_weight, args.anchor_probe_lr),
+            (TallyProbe, args.tally_probe_layer, args.tally_probe_weight, args.tally_probe_lr))]  # fmt: skip
         offset = run_stage(model, processor, params, steps=args.lora_steps, lr=args.lora_lr, args=args,
                            offset=offset, log=log, questions=questions, out=args.out, started=started,
-                           count_probe=count_probe, anchor_probe=anchor_probe)  # fmt: skip
+                           probes=[(made, probe_lr) for made, probe_lr in probes if made is not None])  # fmt: skip
     log(f"done in {(time.time() - started) / 60:.1f} min; next --seed-offset {offset}")
 
 

@@ -123,7 +123,9 @@ def test_the_training_record_keeps_the_count_probes_loss(tmp_path):
         "[10:10:00] step 20/20 loss 0.2000 lr 3.00e-05 10.0 min\n"
         "[10:15:00] step 30/20 loss 1.3000 count probe loss 0.8000 right 0.700 anchor probe loss 0.4000 right 0.910 "
         "lr 2.00e-05 15.0 min\n"
-        "[10:20:00] step 40/20 loss 1.2000 anchor probe loss 0.3000 right 0.950 lr 1.00e-05 20.0 min\n",
+        "[10:20:00] step 40/20 loss 1.2000 anchor probe loss 0.3000 right 0.950 lr 1.00e-05 20.0 min\n"
+        "[10:25:00] step 50/20 loss 1.0000 anchor probe loss 0.2000 right 0.960 tally probe loss 0.1500 right 0.810 "
+        "lr 1.00e-05 25.0 min\n",
     )
     assert run["stages"][0]["log"] == [
         {"step": 10, "loss": 1.1, "lr": 3e-4, "minutes": 5.0, "count_probe_loss": 0.9, "count_probe_right": 0.625},
@@ -131,6 +133,8 @@ def test_the_training_record_keeps_the_count_probes_loss(tmp_path):
         {"step": 30, "loss": 1.3, "lr": 2e-5, "minutes": 15.0, "count_probe_loss": 0.8, "count_probe_right": 0.7,
          "anchor_probe_loss": 0.4, "anchor_probe_right": 0.91},
         {"step": 40, "loss": 1.2, "lr": 1e-5, "minutes": 20.0, "anchor_probe_loss": 0.3, "anchor_probe_right": 0.95},
+        {"step": 50, "loss": 1.0, "lr": 1e-5, "minutes": 25.0, "anchor_probe_loss": 0.2, "anchor_probe_right": 0.96,
+         "tally_probe_loss": 0.15, "tally_probe_right": 0.81},
     ]
 
 
@@ -913,11 +917,100 @@ def test_the_anchor_probe_is_a_balanced_logistic_loss_below_its_layer(tiny):
     torch.testing.assert_close(right, balanced, atol=1e-6, rtol=1e-6)
 
 
+def test_object_tallies_count_each_shape_and_colour_at_first_patches(tiny):
+    """--tally-probe-layer (run45): per patch, the count so far of each shape and each colour,
+    worked out here from the anchors (each object's first patch), and the last patch's tallies
+    are the picture's counts, recomputed from the object list; the batch carries them in the
+    order of its visual tokens."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    objects = [scenes.SceneObject("star", "blue", "small", 250, 251, 14),
+               scenes.SceneObject("square", "red", "large", 100, 100, 30),
+               scenes.SceneObject("star", "red", "large", 260, 60, 30)]  # fmt: skip
+    tallies = train_scenes.object_tallies(objects, 24)
+    kinds = [*scenes.SHAPES, *scenes.COLORS]
+    assert len(tallies) == 576 and all(len(row) == 14 for row in tallies)
+    anchors = [p for p, m in enumerate(train_scenes.object_anchors(objects, 24)) if m]
+    assert len(anchors) == 3
+    owner = train_scenes.patch_objects(objects, 24, 14)
+    for place in (0, *anchors, *(a - 1 for a in anchors), 575):
+        begun = [objects[owner[a]] for a in anchors if a <= place]
+        assert tallies[place] == [sum(o.shape == k or o.color == k for o in begun) for k in kinds], place
+    assert tallies[-1][kinds.index("star")] == 2 and tallies[-1][kinds.index("red")] == 2
+    assert tallies[-1][kinds.index("circle")] == 0 and tallies[-1][kinds.index("blue")] == 1
+
+    _, processor = tiny
+    weights = train_scenes.parse_type_weights("count_color=1,count_shape=1,color=0,shape=0,exist=0,spatial=0,describe=0")
+    seeds = [scenes.TRAIN_SEED + 80, scenes.TRAIN_SEED + 81]
+    batch = train_scenes.independent_batch(processor, seeds, 2, 1.0, random.Random(0), weights, 0.5)
+    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    found = train_scenes.visual_anchors(batch["input_ids"], image_token, batch["objects"])
+    for row, drawn in enumerate(batch["objects"]):
+        mine = found["visual_row"] == row
+        grid = int(int(mine.sum()) ** 0.5)
+        assert found["tally"][mine].tolist() == train_scenes.object_tallies(drawn, grid)
+        last = found["tally"][mine][-1]
+        visible = {owner_index for owner_index in train_scenes.patch_objects(drawn, grid, scenes.SIZE / grid) if owner_index >= 0}
+        assert last.tolist() == [sum(drawn[i].shape == k or drawn[i].color == k for i in visible) for k in kinds]
+
+
+def test_the_tally_probe_is_a_squared_error_below_its_layer(tiny):
+    """The tally probe reads every visual token after `layer` decoder layers: its loss is the mean
+    squared error over the 14 running counts (written out here), `right` the share of the last
+    visual token's counts that round right in each row, and its gradient reaches the adapter of
+    the layers below only."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    pytest.importorskip("peft")
+    from tokentrim_cli import scenes
+    from tokentrim_cli.model import build_random
+
+    model, processor = build_random("tiny", seed=0)
+    train_scenes.add_lora(model, 4, 8.0)
+    train_scenes.stage_two_parameters(model, 0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    tally = train_scenes.TallyProbe(model.config.text_config.hidden_size, 1, 0.5)
+    with torch.no_grad():
+        tally.head.weight.normal_(0, 1.0)
+        tally.head.bias.fill_(1.0)
+    weights = train_scenes.parse_type_weights("count_color=1,count_shape=1,color=0,shape=0,exist=0,spatial=0,describe=0")
+    seeds = [scenes.TRAIN_SEED + 5, scenes.TRAIN_SEED + 6]
+    batch = train_scenes.independent_batch(processor, seeds, 2, 1.0, random.Random(0), weights)
+    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    batch |= train_scenes.visual_anchors(batch["input_ids"], image_token, batch["objects"])
+    batch["labels"][:] = -100
+    batch["labels"][0, -1] = batch["input_ids"][0, -1]
+    plain, [] = train_scenes.answer_loss(model, batch)
+    total, [(tally_loss, right)] = train_scenes.answer_loss(model, batch, tally)
+    torch.testing.assert_close(total, plain + 0.5 * tally_loss, atol=1e-5, rtol=1e-5)
+    model.zero_grad()
+    tally_loss.backward()
+    assert_gradient_reaches_the_adapter_below(model, 1)
+    with torch.no_grad():
+        states = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                             attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+                             output_hidden_states=True).hidden_states[1]  # fmt: skip
+        errors, last_right = [], []
+        for row, drawn in enumerate(batch["objects"]):
+            visual = states[row][batch["input_ids"][row] == image_token]
+            said = layer_normed(visual) @ tally.head.weight.T + tally.head.bias
+            truth = torch.tensor(train_scenes.object_tallies(drawn, int(len(visual) ** 0.5)), dtype=torch.float32)
+            errors.append((said - truth) ** 2)
+            last_right.append(said[-1].round() == truth[-1])
+    torch.testing.assert_close(tally_loss.detach(), torch.cat(errors).mean(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(right, torch.cat(last_right).float().mean(), atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--count-probe-layer", "20"], "needs --independent-turns"),
     (["--count-probe-layer", "10", "--independent-turns", "--train-from-layer", "14", "--projector-steps", "0"],
      "reads below the layers trained"),
     (["--anchor-probe-layer", "10", "--train-from-layer", "14", "--projector-steps", "0"],
+     "reads below the layers trained"),
+    (["--tally-probe-layer", "12", "--train-from-layer", "14", "--projector-steps", "0"],
      "reads below the layers trained"),
 ])  # fmt: skip
 def test_a_count_probe_that_could_not_train_anything_is_refused(flags, message):
