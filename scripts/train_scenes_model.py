@@ -639,8 +639,8 @@ class TallyProbe(torch.nn.Module):
 
 def answer_loss(model, batch: dict, *probes):
     """Cross-entropy over the answer tokens, running the output layer on those positions only; plus
-    each probe's loss (CountProbe, AnchorProbe, TallyProbe) at its weight. Returns (loss, [each probe's (loss,
-    right), or None where the batch gives it nothing to read])."""
+    each probe's loss (CountProbe, AnchorProbe, TallyProbe) at its weight. Returns (loss, [each
+    probe's (loss, right), or None where the batch gives it nothing to read])."""
     labels = batch["labels"]
     outputs = model.model(
         input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
