@@ -789,6 +789,31 @@ def assert_gradient_reaches_the_adapter_below(model, layer: int) -> None:
             assert reached == (int(name.split("layers.")[1].split(".")[0]) < layer), name
 
 
+def adapted_tiny_model(train_scenes):
+    """The tiny random model with a LoRA adapter whose projector and every adapter train, B drawn
+    away from zero (at zero, A's gradient would be zero too): what the probe tests backpropagate."""
+    from tokentrim_cli.model import build_random
+
+    model, processor = build_random("tiny", seed=0)
+    train_scenes.add_lora(model, 4, 8.0)
+    train_scenes.stage_two_parameters(model, 0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    return model, processor
+
+
+def one_answer_count_batch(train_scenes, processor, seeds: list[int], turns: int) -> dict:
+    """Count turns asked alone about each seed's picture, with one answer token labelled, so that
+    the answers' loss is defined."""
+    weights = train_scenes.parse_type_weights("count_color=1,count_shape=1,color=0,shape=0,exist=0,spatial=0,describe=0")
+    batch = train_scenes.independent_batch(processor, seeds, turns, 1.0, random.Random(0), weights)
+    batch["labels"][:] = -100
+    batch["labels"][0, -1] = batch["input_ids"][0, -1]
+    return batch
+
+
 def layer_normed(states):
     """Layer normalisation without affine parameters, written out (what the probes read)."""
     centred = states - states.mean(-1, keepdim=True)
@@ -802,23 +827,13 @@ def test_the_count_probe_trains_the_adapter_below_its_layer_only(tiny):
     train_scenes = pytest.importorskip("train_scenes_model")
     pytest.importorskip("peft")
     from tokentrim_cli import scenes
-    from tokentrim_cli.model import build_random
 
-    model, processor = build_random("tiny", seed=0)
-    train_scenes.add_lora(model, 4, 8.0)
+    model, processor = adapted_tiny_model(train_scenes)
     layers = model.config.text_config.num_hidden_layers
-    train_scenes.stage_two_parameters(model, 0)  # the projector and every layer's adapter can train
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.1)
     probe = train_scenes.CountProbe(model.config.text_config.hidden_size, 1, 1.0)
     with torch.no_grad():
         probe.head.weight.normal_(0, 1.0)
-    weights = train_scenes.parse_type_weights("count_color=1,count_shape=1,color=0,shape=0,exist=0,spatial=0,describe=0")
-    batch = train_scenes.independent_batch(processor, [scenes.TRAIN_SEED + 5], 3, 1.0, random.Random(0), weights)
-    batch["labels"][:] = -100
-    batch["labels"][0, -1] = batch["input_ids"][0, -1]  # one answer token, so the answers' loss is defined
+    batch = one_answer_count_batch(train_scenes, processor, [scenes.TRAIN_SEED + 5], 3)
     _, [(probe_loss, _)] = train_scenes.answer_loss(model, batch, probe)
     probe_loss.backward()
     assert 1 < layers
@@ -874,27 +889,17 @@ def test_the_anchor_probe_is_a_balanced_logistic_loss_below_its_layer(tiny):
     train_scenes = pytest.importorskip("train_scenes_model")
     pytest.importorskip("peft")
     from tokentrim_cli import scenes
-    from tokentrim_cli.model import build_random
 
-    model, processor = build_random("tiny", seed=0)
-    train_scenes.add_lora(model, 4, 8.0)
-    train_scenes.stage_two_parameters(model, 0)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.1)
+    model, processor = adapted_tiny_model(train_scenes)
     anchor = train_scenes.AnchorProbe(model.config.text_config.hidden_size, 1, 0.5)
     count = train_scenes.CountProbe(model.config.text_config.hidden_size, 1, 2.0)
     with torch.no_grad():
         anchor.head.weight.normal_(0, 1.0)
         count.head.weight.normal_(0, 1.0)
-    weights = train_scenes.parse_type_weights("count_color=1,count_shape=1,color=0,shape=0,exist=0,spatial=0,describe=0")
     seed = scenes.TRAIN_SEED + 5
-    batch = train_scenes.independent_batch(processor, [seed], 3, 1.0, random.Random(0), weights)
+    batch = one_answer_count_batch(train_scenes, processor, [seed], 3)
     image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     batch |= train_scenes.visual_anchors(batch["input_ids"], image_token, [train_scenes.training_scene(seed, 0.0)[1]])
-    batch["labels"][:] = -100
-    batch["labels"][0, -1] = batch["input_ids"][0, -1]
     plain, [] = train_scenes.answer_loss(model, batch)
     total, [(anchor_loss, right), (count_loss, _)] = train_scenes.answer_loss(model, batch, anchor, count)
     torch.testing.assert_close(total, plain + 0.5 * anchor_loss + 2.0 * count_loss, atol=1e-5, rtol=1e-5)
@@ -963,26 +968,15 @@ def test_the_tally_probe_is_a_squared_error_below_its_layer(tiny):
     train_scenes = pytest.importorskip("train_scenes_model")
     pytest.importorskip("peft")
     from tokentrim_cli import scenes
-    from tokentrim_cli.model import build_random
 
-    model, processor = build_random("tiny", seed=0)
-    train_scenes.add_lora(model, 4, 8.0)
-    train_scenes.stage_two_parameters(model, 0)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.1)
+    model, processor = adapted_tiny_model(train_scenes)
     tally = train_scenes.TallyProbe(model.config.text_config.hidden_size, 1, 0.5)
     with torch.no_grad():
         tally.head.weight.normal_(0, 1.0)
         tally.head.bias.fill_(1.0)
-    weights = train_scenes.parse_type_weights("count_color=1,count_shape=1,color=0,shape=0,exist=0,spatial=0,describe=0")
-    seeds = [scenes.TRAIN_SEED + 5, scenes.TRAIN_SEED + 6]
-    batch = train_scenes.independent_batch(processor, seeds, 2, 1.0, random.Random(0), weights)
+    batch = one_answer_count_batch(train_scenes, processor, [scenes.TRAIN_SEED + 5, scenes.TRAIN_SEED + 6], 2)
     image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     batch |= train_scenes.visual_anchors(batch["input_ids"], image_token, batch["objects"])
-    batch["labels"][:] = -100
-    batch["labels"][0, -1] = batch["input_ids"][0, -1]
     plain, [] = train_scenes.answer_loss(model, batch)
     total, [(tally_loss, right)] = train_scenes.answer_loss(model, batch, tally)
     torch.testing.assert_close(total, plain + 0.5 * tally_loss, atol=1e-5, rtol=1e-5)
