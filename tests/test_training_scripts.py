@@ -998,6 +998,108 @@ def test_the_tally_probe_is_a_squared_error_below_its_layer(tiny):
     torch.testing.assert_close(right, torch.cat(last_right).float().mean(), atol=1e-6, rtol=1e-6)
 
 
+def test_object_ordinals_number_each_shape_and_colour_at_first_patches(tiny):
+    """--ordinal-probe-layer (run46): at each object's first patch, which of its shape and which of
+    its colour it is in row-major order (1 first, capped at 4), worked out here by sorting the
+    objects by their first patch; 0 elsewhere. The largest shape ordinal is the shape's count,
+    recomputed from the object list; the batch carries the ordinals in the order of its tokens."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    objects = [scenes.SceneObject("star", "blue", "small", 250, 251, 14),
+               scenes.SceneObject("square", "red", "large", 100, 100, 30),
+               scenes.SceneObject("star", "red", "large", 260, 60, 30),
+               scenes.SceneObject("star", "green", "small", 60, 280, 14),
+               scenes.SceneObject("star", "red", "small", 180, 200, 14),
+               scenes.SceneObject("star", "red", "small", 300, 320, 14),
+               scenes.SceneObject("star", "red", "small", 40, 180, 14)]  # fmt: skip
+    ordinals = train_scenes.object_ordinals(objects, 24)
+    owner = train_scenes.patch_objects(objects, 24, 14)
+    anchors = [p for p, m in enumerate(train_scenes.object_anchors(objects, 24)) if m]
+    assert len(ordinals) == 576 and len(anchors) == len(objects)
+    in_order = [objects[owner[a]] for a in anchors]
+    for k, place in enumerate(anchors):
+        mine = in_order[k]
+        shape_place = sum(o.shape == mine.shape for o in in_order[: k + 1])
+        color_place = sum(o.color == mine.color for o in in_order[: k + 1])
+        assert ordinals[place] == (min(shape_place, 4), min(color_place, 4)), place
+    assert all(ordinals[p] == (0, 0) for p in range(576) if p not in anchors)
+    assert max(ordinals[a][0] for a in anchors if objects[owner[a]].shape == "star") == 4  # six stars, capped
+    assert max(ordinals[a][1] for a in anchors if objects[owner[a]].color == "red") == 4  # five red, capped
+    assert [ordinals[a][0] for a in anchors if objects[owner[a]].shape == "square"] == [1]  # the only square
+
+    _, processor = tiny
+    weights = train_scenes.parse_type_weights("count_color=1,count_shape=1,color=0,shape=0,exist=0,spatial=0,describe=0")
+    seeds = [scenes.TRAIN_SEED + 80, scenes.TRAIN_SEED + 81]
+    batch = train_scenes.independent_batch(processor, seeds, 2, 1.0, random.Random(0), weights, 0.5)
+    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    found = train_scenes.visual_anchors(batch["input_ids"], image_token, batch["objects"])
+    for row, drawn in enumerate(batch["objects"]):
+        mine = found["visual_row"] == row
+        grid = int(int(mine.sum()) ** 0.5)
+        assert [tuple(o) for o in found["ordinal"][mine].tolist()] == train_scenes.object_ordinals(drawn, grid)
+        assert ((found["ordinal"][mine][:, 0] > 0) == found["anchor"][mine]).all()
+        visible = {i for i in train_scenes.patch_objects(drawn, grid, scenes.SIZE / grid) if i >= 0}
+        for shape in {drawn[i].shape for i in visible}:
+            true_count = sum(drawn[i].shape == shape for i in visible)
+            of_shape = [o[0] for o, i in zip(found["ordinal"][mine].tolist(),
+                                             train_scenes.patch_objects(drawn, grid, scenes.SIZE / grid))
+                        if o[0] and drawn[i].shape == shape]  # fmt: skip
+            assert max(of_shape) == min(true_count, 4)
+
+
+def test_the_ordinal_probe_is_a_class_balanced_cross_entropy_at_first_patches(tiny):
+    """The ordinal probe reads the first patches only, after `layer` decoder layers: its loss is
+    the mean over shape and colour of the cross-entropy averaged per true class (written out here),
+    `right` the matching balanced accuracy, and its gradient reaches the adapter of the layers
+    below only."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    pytest.importorskip("peft")
+    from tokentrim_cli import scenes
+
+    model, processor = adapted_tiny_model(train_scenes)
+    ordinal = train_scenes.OrdinalProbe(model.config.text_config.hidden_size, 1, 0.5)
+    with torch.no_grad():
+        ordinal.head.weight.normal_(0, 1.0)
+        ordinal.head.bias.normal_(0, 1.0)
+    seeds = [scenes.TRAIN_SEED + 5, scenes.TRAIN_SEED + 6, scenes.TRAIN_SEED + 7, scenes.TRAIN_SEED + 8]
+    batch = one_answer_count_batch(train_scenes, processor, seeds, 2)
+    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    batch |= train_scenes.visual_anchors(batch["input_ids"], image_token, batch["objects"])
+    plain, [] = train_scenes.answer_loss(model, batch)
+    total, [(ordinal_loss, right)] = train_scenes.answer_loss(model, batch, ordinal)
+    torch.testing.assert_close(total, plain + 0.5 * ordinal_loss, atol=1e-5, rtol=1e-5)
+    model.zero_grad()
+    ordinal_loss.backward()
+    assert_gradient_reaches_the_adapter_below(model, 1)
+    with torch.no_grad():
+        states = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                             attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+                             output_hidden_states=True).hidden_states[1]  # fmt: skip
+        said, truth = [], []
+        for row, drawn in enumerate(batch["objects"]):
+            visual = states[row][batch["input_ids"][row] == image_token]
+            places = train_scenes.object_ordinals(drawn, int(len(visual) ** 0.5))
+            for token, (shape_place, color_place) in zip(visual, places):
+                if shape_place:
+                    said.append(layer_normed(token[None])[0] @ ordinal.head.weight.T + ordinal.head.bias)
+                    truth.append((shape_place - 1, color_place - 1))
+        said, truth = torch.stack(said), torch.tensor(truth)
+        losses, balanced = [], []
+        for part in range(2):
+            logits, classes = said[:, 4 * part: 4 * part + 4], truth[:, part]
+            per_class_loss, per_class_right = [], []
+            for c in sorted(set(classes.tolist())):
+                chosen = classes == c
+                per_class_loss.append(-logits[chosen].log_softmax(-1)[:, c].mean())
+                per_class_right.append((logits[chosen].argmax(-1) == c).float().mean())
+            losses.append(sum(per_class_loss) / len(per_class_loss))
+            balanced.append(sum(per_class_right) / len(per_class_right))
+    assert len(set(truth[:, 0].tolist())) > 1 or len(set(truth[:, 1].tolist())) > 1  # more than the first of each
+    torch.testing.assert_close(ordinal_loss.detach(), (losses[0] + losses[1]) / 2, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(right, (balanced[0] + balanced[1]) / 2, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--count-probe-layer", "20"], "needs --independent-turns"),
     (["--count-probe-layer", "10", "--independent-turns", "--train-from-layer", "14", "--projector-steps", "0"],
@@ -1005,6 +1107,8 @@ def test_the_tally_probe_is_a_squared_error_below_its_layer(tiny):
     (["--anchor-probe-layer", "10", "--train-from-layer", "14", "--projector-steps", "0"],
      "reads below the layers trained"),
     (["--tally-probe-layer", "12", "--train-from-layer", "14", "--projector-steps", "0"],
+     "reads below the layers trained"),
+    (["--ordinal-probe-layer", "14", "--train-from-layer", "14", "--projector-steps", "0"],
      "reads below the layers trained"),
 ])  # fmt: skip
 def test_a_count_probe_that_could_not_train_anything_is_refused(flags, message):
