@@ -1100,6 +1100,88 @@ def test_the_ordinal_probe_is_a_class_balanced_cross_entropy_at_first_patches(ti
     torch.testing.assert_close(right, (balanced[0] + balanced[1]) / 2, atol=1e-6, rtol=1e-6)
 
 
+def test_counted_kind_reads_what_a_count_question_counts():
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    rng = random.Random(3)
+    objects = scenes.scene_objects(11)
+    for _ in range(20):
+        for kind in ("count_color", "count_shape"):
+            question = scenes.make_question(kind, objects, rng)
+            counted, value = train_scenes.counted_kind(question)
+            assert counted == kind.removeprefix("count_")
+            assert str(sum(getattr(o, counted) == value for o in objects)) == question.answer
+
+
+def test_the_gather_probe_supervises_one_heads_attention_at_the_counted_word(tiny):
+    """--gather-probe-layer (run47): the probe's attention is head H's of decoder layer L, as the
+    layer itself computes it (eager attention's weights, read from the model); its loss is the mean
+    over count turns of -log attention averaged over the row's first token and the first patch of
+    every counted object (worked out here from the pictures' objects and the questions' words);
+    `right` is the attention's share on those; its gradient reaches the adapters below L and L's
+    own query and key projections, and nothing else."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    pytest.importorskip("peft")
+    from tokentrim_cli import scenes
+
+    model, processor = adapted_tiny_model(train_scenes)
+    language = model.model.language_model
+    layer, head = 1, 1  # head 1 shares kv head 0 with head 0 (4 heads, 2 kv heads)
+    gather = train_scenes.GatherProbe(language, layer, head, 0.25)
+    with pytest.raises(ValueError, match="heads"):
+        train_scenes.GatherProbe(language, layer, language.config.num_attention_heads, 0.25)
+    seeds = [scenes.TRAIN_SEED + 5, scenes.TRAIN_SEED + 6]
+    batch = one_answer_count_batch(train_scenes, processor, seeds, 3)
+    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    batch |= train_scenes.visual_anchors(batch["input_ids"], image_token, batch["objects"])
+    plain, [] = train_scenes.answer_loss(model, batch)
+    total, [(gather_loss, right)] = train_scenes.answer_loss(model, batch, gather)
+    torch.testing.assert_close(total, plain + 0.25 * gather_loss, atol=1e-5, rtol=1e-5)
+    model.zero_grad()
+    gather_loss.backward()
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            at = int(name.split("layers.")[1].split(".")[0])
+            reached = parameter.grad is not None and parameter.grad.abs().sum() > 0
+            assert reached == (at < layer or (at == layer and ("q_proj" in name or "k_proj" in name))), name
+
+    with torch.no_grad():
+        said = gather.attention(model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                                            attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+                                            output_hidden_states=True).hidden_states, batch).exp()  # fmt: skip
+    model.set_attn_implementation("eager")  # eager attention adds a mask to the scores: give it 0 / -inf, not booleans
+    additive = torch.zeros(batch["attention_mask"].shape).masked_fill(~batch["attention_mask"], torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        weights = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                              attention_mask=additive, position_ids=batch["position_ids"],
+                              output_attentions=True).attentions[layer]  # fmt: skip
+    plurals = {plural: shape for shape, plural in scenes.PLURALS.items()}
+    losses, shares, turn = [], [], 0
+    for row, drawn in enumerate(batch["objects"]):
+        places = (batch["input_ids"][row] == image_token).nonzero().squeeze(1)
+        grid = int(len(places) ** 0.5)
+        firsts = [i for i, m in enumerate(train_scenes.object_anchors(drawn, grid)) if m]
+        owner = train_scenes.patch_objects(drawn, grid, scenes.SIZE / grid)
+        for at in batch["count_at"][batch["count_row"] == row].tolist():
+            words = processor.tokenizer.decode(batch["input_ids"][row, : at + 1]).rsplit("How many ", 1)[1].split()
+            if words[-1] == "objects":
+                counted = [i for i in firsts if drawn[owner[i]].color == words[-2]]
+            else:
+                counted = [i for i in firsts if drawn[owner[i]].shape == plurals[words[-1]]]
+            targets = [0] + [int(places[i]) for i in counted]
+            attended = weights[row, head, at]
+            losses.append(-attended[targets].log().mean())
+            shares.append(attended[targets].sum())
+            turn += 1
+    assert turn == len(batch["count_at"]) >= 4
+    assert any(len(t) > 1 for t in [gather.targets(batch)[k].nonzero() for k in range(turn)])
+    expected = weights[batch["count_row"], head, batch["count_at"]]
+    torch.testing.assert_close(said, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gather_loss.detach(), torch.stack(losses).mean(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(right, torch.stack(shares).mean(), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--count-probe-layer", "20"], "needs --independent-turns"),
     (["--count-probe-layer", "10", "--independent-turns", "--train-from-layer", "14", "--projector-steps", "0"],
@@ -1110,6 +1192,9 @@ def test_the_ordinal_probe_is_a_class_balanced_cross_entropy_at_first_patches(ti
      "reads below the layers trained"),
     (["--ordinal-probe-layer", "14", "--train-from-layer", "14", "--projector-steps", "0"],
      "reads below the layers trained"),
+    (["--gather-probe-layer", "12"], "needs --independent-turns"),
+    (["--gather-probe-layer", "12", "--independent-turns", "--train-from-layer", "14", "--projector-steps", "0"],
+     "is below the layers trained"),
 ])  # fmt: skip
 def test_a_count_probe_that_could_not_train_anything_is_refused(flags, message):
     """Refused before any model is built: exit 2 and the reason on one line."""
