@@ -76,7 +76,7 @@ def parse(log: Path) -> dict:
             stages.append(stage)
         elif (m := STEP.match(message)) and stage is not None:
             entry = {"step": int(m.group(1)), "loss": float(m.group(3)), "lr": float(m.group(5)), "minutes": float(m.group(6))}
-            for name, loss, right in PROBE.findall(m.group(4)):  # --count/anchor/tally-probe-layer: each probe's own
+            for name, loss, right in PROBE.findall(m.group(4)):  # every --*-probe-layer: each probe's own
                 entry |= {f"{name}_probe_loss": float(loss), f"{name}_probe_right": float(right)}  # loss (in the loss above)
             stage["log"].append(entry)
         elif (m := HELD_OUT.match(message)) and stage is not None:
