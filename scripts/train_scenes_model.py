@@ -396,7 +396,7 @@ def make_batch(
     labels = answer_labels(batch["input_ids"], tokenizer)
     labels[batch["attention_mask"] == 0] = -100
     batch["labels"] = labels
-    batch["objects"] = drawn  # each row's objects, for the anchor, tally and ordinal probes
+    batch["objects"] = drawn  # each row's objects, for the probes that read the visual tokens
     return batch
 
 
@@ -619,7 +619,8 @@ def visual_anchors(input_ids: torch.Tensor, image_token: int, objects_per_row: l
         owners += patch_objects(objects, grid, scenes.SIZE / grid)
     return {"visual_row": rows, "visual_at": at, "anchor": torch.tensor(marks, dtype=torch.bool),
             "tally": torch.tensor(tallies, dtype=torch.float32),
-            "ordinal": torch.tensor(ordinals, dtype=torch.long), "owner": torch.tensor(owners, dtype=torch.long)}  # fmt: skip
+            "ordinal": torch.tensor(ordinals, dtype=torch.long),
+            "owner": torch.tensor(owners, dtype=torch.long)}  # fmt: skip
 
 
 class AnchorProbe(torch.nn.Module):
@@ -795,8 +796,9 @@ class GatherProbe:
 
 def answer_loss(model, batch: dict, *probes):
     """Cross-entropy over the answer tokens, running the output layer on those positions only; plus
-    each probe's loss (CountProbe, AnchorProbe, TallyProbe, OrdinalProbe, GatherProbe) at its weight. Returns (loss, [each
-    probe's (loss, right), or None where the batch gives it nothing to read])."""
+    each probe's loss (CountProbe, AnchorProbe, TallyProbe, OrdinalProbe, GatherProbe) at its
+    weight. Returns (loss, [each probe's (loss, right), or None where the batch gives it nothing to
+    read])."""
     labels = batch["labels"]
     outputs = model.model(
         input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
@@ -1173,7 +1175,8 @@ def main() -> None:
                         help="stage 2 also trains a probe, at each object's first visual token, of which of its "
                              "shape and colour it is, after this many decoder layers (OrdinalProbe; needs "
                              "--train-from-layer below it)")  # fmt: skip
-    parser.add_argument("--ordinal-probe-weight", type=float, default=1.0, help="the ordinal probe's loss counts this much")
+    parser.add_argument("--ordinal-probe-weight", type=float, default=1.0,
+                        help="the ordinal probe's loss counts this much")
     parser.add_argument("--ordinal-probe-lr", type=float, default=1e-3)
     parser.add_argument("--gather-probe-layer", type=int, default=None,
                         help="stage 2 also asks one head of this decoder layer (0 is the first) to attend, at each "

@@ -1151,7 +1151,8 @@ def test_the_gather_probe_supervises_one_heads_attention_at_the_counted_word(tin
                                             attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
                                             output_hidden_states=True).hidden_states, batch).exp()  # fmt: skip
     model.set_attn_implementation("eager")  # eager attention adds a mask to the scores: give it 0 / -inf, not booleans
-    additive = torch.zeros(batch["attention_mask"].shape).masked_fill(~batch["attention_mask"], torch.finfo(torch.float32).min)
+    blocked = torch.finfo(torch.float32).min
+    additive = torch.zeros(batch["attention_mask"].shape).masked_fill(~batch["attention_mask"], blocked)
     with torch.no_grad():
         weights = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
                               attention_mask=additive, position_ids=batch["position_ids"],
