@@ -1204,6 +1204,8 @@ def main() -> None:
         parser.error("--train-from-layer keeps the projector as it is: it cannot go with --projector-steps or --align-images")
     if args.count_probe_layer and not args.independent_turns:
         parser.error("--count-probe-layer finds the counted word in turns asked alone: it needs --independent-turns")
+    if args.gather_probe_layer is not None and args.gather_probe_layer < 0:
+        parser.error(f"--gather-probe-layer {args.gather_probe_layer}: decoder layers count from 0")
     if args.gather_probe_layer is not None and not args.independent_turns:
         parser.error("--gather-probe-layer finds the counted word in turns asked alone: it needs --independent-turns")
     if args.gather_probe_layer is not None and args.gather_probe_layer < args.train_from_layer:

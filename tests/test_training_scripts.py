@@ -1194,6 +1194,7 @@ def test_the_gather_probe_supervises_one_heads_attention_at_the_counted_word(tin
     (["--ordinal-probe-layer", "14", "--train-from-layer", "14", "--projector-steps", "0"],
      "reads below the layers trained"),
     (["--gather-probe-layer", "12"], "needs --independent-turns"),
+    (["--gather-probe-layer", "-1", "--independent-turns"], "decoder layers count from 0"),
     (["--gather-probe-layer", "12", "--independent-turns", "--train-from-layer", "14", "--projector-steps", "0"],
      "is below the layers trained"),
 ])  # fmt: skip
