@@ -534,6 +534,7 @@ class CountProbe(torch.nn.Module):
     saved: what ships is the adapter it trained."""
 
     name = "count"
+    reads_marks, reads_count_turns = False, True  # what the batch must carry for it
 
     def __init__(self, hidden_size: int, layer: int, weight: float):
         super().__init__()
@@ -584,18 +585,16 @@ ORDINAL_CLASSES = 4  # an object is the first, second, third, or fourth or later
 def object_ordinals(objects: list[scenes.SceneObject], grid: int) -> list[tuple[int, int]]:
     """Per patch (row-major): at an object's first patch (object_anchors), which of its shape and
     which of its colour it is in that order, 1 for the first (capped at ORDINAL_CLASSES); (0, 0)
-    at every other patch. The largest ordinal among a shape's first patches is its count."""
+    at every other patch. That is the running count (object_tallies) of its own shape and colour
+    there; the largest ordinal among a shape's first patches is its count."""
     owner = patch_objects(objects, grid, scenes.SIZE / grid)
-    seen_shapes, seen_colors, begun, out = {}, {}, set(), []
-    for i in owner:
-        if i < 0 or i in begun:
+    out = []
+    for place, (first, so_far) in enumerate(zip(object_anchors(objects, grid), object_tallies(objects, grid))):
+        if not first:
             out.append((0, 0))
             continue
-        begun.add(i)
-        shape, color = objects[i].shape, objects[i].color
-        seen_shapes[shape] = seen_shapes.get(shape, 0) + 1
-        seen_colors[color] = seen_colors.get(color, 0) + 1
-        out.append((min(seen_shapes[shape], ORDINAL_CLASSES), min(seen_colors[color], ORDINAL_CLASSES)))
+        shown = objects[owner[place]]
+        out.append(tuple(min(so_far[TALLIED.index(kind)], ORDINAL_CLASSES) for kind in (shown.shape, shown.color)))
     return out
 
 
@@ -636,6 +635,7 @@ class AnchorProbe(torch.nn.Module):
     weighs anchors and the rest half each; `right` is the balanced accuracy. Never saved."""
 
     name = "anchor"
+    reads_marks, reads_count_turns = True, False  # what the batch must carry for it
 
     def __init__(self, hidden_size: int, layer: int, weight: float):
         super().__init__()
@@ -667,6 +667,7 @@ class TallyProbe(torch.nn.Module):
     each row's last visual token that round to the truth. Never saved."""
 
     name = "tally"
+    reads_marks, reads_count_turns = True, False  # what the batch must carry for it
 
     def __init__(self, hidden_size: int, layer: int, weight: float):
         super().__init__()
@@ -701,6 +702,7 @@ class OrdinalProbe(torch.nn.Module):
     averaged over shape and colour. Never saved."""
 
     name = "ordinal"
+    reads_marks, reads_count_turns = True, False  # what the batch must carry for it
 
     def __init__(self, hidden_size: int, layer: int, weight: float):
         super().__init__()
@@ -743,6 +745,7 @@ class GatherProbe:
     layers to find it through a read-out. No parameters of its own; never saved."""
 
     name = "gather"
+    reads_marks, reads_count_turns = True, True  # what the batch must carry for it
 
     def __init__(self, language_model, layer: int, head: int, weight: float):
         config = language_model.config
@@ -810,7 +813,7 @@ def answer_loss(model, batch: dict, *probes):
     loss = torch.nn.functional.cross_entropy(logits.float(), targets[positions])
     found = []
     for probe in probes:
-        if isinstance(probe, (CountProbe, GatherProbe)) and not len(batch["count_at"]):
+        if probe.reads_count_turns and not len(batch["count_at"]):
             found.append(None)
             continue
         probed = probe(outputs.hidden_states, batch)
@@ -1079,7 +1082,7 @@ def run_stage(model, processor, params, *, steps, lr, args, offset, log, questio
     groups = [{"params": params, "lr": lr}]
     groups += [{"params": list(p.parameters()), "lr": p_lr} for p, p_lr in probes if list(p.parameters())]
     probes = [p for p, _ in probes]
-    marks_needed = any(isinstance(p, (AnchorProbe, TallyProbe, OrdinalProbe, GatherProbe)) for p in probes)
+    marks_needed = any(p.reads_marks for p in probes)
     image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0, betas=(0.9, 0.98))
     warmup = min(50, steps // 10 + 1)

@@ -814,6 +814,33 @@ def one_answer_count_batch(train_scenes, processor, seeds: list[int], turns: int
     return batch
 
 
+def marked_count_batch(train_scenes, processor, seeds: list[int], turns: int) -> tuple[dict, int]:
+    """one_answer_count_batch with what visual_anchors gives every visual token (the probes that
+    read the picture need it), and the image token."""
+    batch = one_answer_count_batch(train_scenes, processor, seeds, turns)
+    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    return batch | train_scenes.visual_anchors(batch["input_ids"], image_token, batch["objects"]), image_token
+
+
+def residual_streams(model, batch: dict):
+    """The decoder's hidden states on `batch`, without gradients: [k] is the stream after k layers."""
+    with torch.no_grad():
+        return model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                           attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+                           output_hidden_states=True).hidden_states  # fmt: skip
+
+
+def added_probe_loss(train_scenes, model, batch: dict, probe):
+    """answer_loss with `probe` alone, whose total must be the answers' loss plus the probe's at
+    its weight; the probe's loss is then backpropagated alone. Returns (probe's loss, right)."""
+    plain, [] = train_scenes.answer_loss(model, batch)
+    total, [(loss, right)] = train_scenes.answer_loss(model, batch, probe)
+    torch.testing.assert_close(total, plain + probe.weight * loss, atol=1e-5, rtol=1e-5)
+    model.zero_grad()
+    loss.backward()
+    return loss, right
+
+
 def layer_normed(states):
     """Layer normalisation without affine parameters, written out (what the probes read)."""
     centred = states - states.mean(-1, keepdim=True)
@@ -838,10 +865,8 @@ def test_the_count_probe_trains_the_adapter_below_its_layer_only(tiny):
     probe_loss.backward()
     assert 1 < layers
     assert_gradient_reaches_the_adapter_below(model, 1)
+    states = residual_streams(model, batch)[1][0, batch["count_at"]]
     with torch.no_grad():
-        states = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
-                             attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
-                             output_hidden_states=True).hidden_states[1][0, batch["count_at"]]  # fmt: skip
         reference = torch.nn.functional.cross_entropy(layer_normed(states) @ probe.head.weight.T + probe.head.bias, batch["count_class"])
     torch.testing.assert_close(probe_loss, reference, atol=1e-5, rtol=1e-5)
 
@@ -896,20 +921,15 @@ def test_the_anchor_probe_is_a_balanced_logistic_loss_below_its_layer(tiny):
     with torch.no_grad():
         anchor.head.weight.normal_(0, 1.0)
         count.head.weight.normal_(0, 1.0)
-    seed = scenes.TRAIN_SEED + 5
-    batch = one_answer_count_batch(train_scenes, processor, [seed], 3)
-    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
-    batch |= train_scenes.visual_anchors(batch["input_ids"], image_token, [train_scenes.training_scene(seed, 0.0)[1]])
+    batch, image_token = marked_count_batch(train_scenes, processor, [scenes.TRAIN_SEED + 5], 3)
     plain, [] = train_scenes.answer_loss(model, batch)
     total, [(anchor_loss, right), (count_loss, _)] = train_scenes.answer_loss(model, batch, anchor, count)
     torch.testing.assert_close(total, plain + 0.5 * anchor_loss + 2.0 * count_loss, atol=1e-5, rtol=1e-5)
     model.zero_grad()
     anchor_loss.backward()
     assert_gradient_reaches_the_adapter_below(model, 1)
+    states = residual_streams(model, batch)[1][0]
     with torch.no_grad():
-        states = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
-                             attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
-                             output_hidden_states=True).hidden_states[1][0]  # fmt: skip
         visual = states[batch["input_ids"][0] == image_token]
         logits = layer_normed(visual) @ anchor.head.weight[0] + anchor.head.bias
         marks = batch["anchor"]
@@ -974,19 +994,11 @@ def test_the_tally_probe_is_a_squared_error_below_its_layer(tiny):
     with torch.no_grad():
         tally.head.weight.normal_(0, 1.0)
         tally.head.bias.fill_(1.0)
-    batch = one_answer_count_batch(train_scenes, processor, [scenes.TRAIN_SEED + 5, scenes.TRAIN_SEED + 6], 2)
-    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
-    batch |= train_scenes.visual_anchors(batch["input_ids"], image_token, batch["objects"])
-    plain, [] = train_scenes.answer_loss(model, batch)
-    total, [(tally_loss, right)] = train_scenes.answer_loss(model, batch, tally)
-    torch.testing.assert_close(total, plain + 0.5 * tally_loss, atol=1e-5, rtol=1e-5)
-    model.zero_grad()
-    tally_loss.backward()
+    batch, image_token = marked_count_batch(train_scenes, processor, [scenes.TRAIN_SEED + 5, scenes.TRAIN_SEED + 6], 2)
+    tally_loss, right = added_probe_loss(train_scenes, model, batch, tally)
     assert_gradient_reaches_the_adapter_below(model, 1)
+    states = residual_streams(model, batch)[1]
     with torch.no_grad():
-        states = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
-                             attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
-                             output_hidden_states=True).hidden_states[1]  # fmt: skip
         errors, last_right = [], []
         for row, drawn in enumerate(batch["objects"]):
             visual = states[row][batch["input_ids"][row] == image_token]
@@ -1063,19 +1075,11 @@ def test_the_ordinal_probe_is_a_class_balanced_cross_entropy_at_first_patches(ti
         ordinal.head.weight.normal_(0, 1.0)
         ordinal.head.bias.normal_(0, 1.0)
     seeds = [scenes.TRAIN_SEED + 5, scenes.TRAIN_SEED + 6, scenes.TRAIN_SEED + 7, scenes.TRAIN_SEED + 8]
-    batch = one_answer_count_batch(train_scenes, processor, seeds, 2)
-    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
-    batch |= train_scenes.visual_anchors(batch["input_ids"], image_token, batch["objects"])
-    plain, [] = train_scenes.answer_loss(model, batch)
-    total, [(ordinal_loss, right)] = train_scenes.answer_loss(model, batch, ordinal)
-    torch.testing.assert_close(total, plain + 0.5 * ordinal_loss, atol=1e-5, rtol=1e-5)
-    model.zero_grad()
-    ordinal_loss.backward()
+    batch, image_token = marked_count_batch(train_scenes, processor, seeds, 2)
+    ordinal_loss, right = added_probe_loss(train_scenes, model, batch, ordinal)
     assert_gradient_reaches_the_adapter_below(model, 1)
+    states = residual_streams(model, batch)[1]
     with torch.no_grad():
-        states = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
-                             attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
-                             output_hidden_states=True).hidden_states[1]  # fmt: skip
         said, truth = [], []
         for row, drawn in enumerate(batch["objects"]):
             visual = states[row][batch["input_ids"][row] == image_token]
@@ -1132,14 +1136,8 @@ def test_the_gather_probe_supervises_one_heads_attention_at_the_counted_word(tin
     with pytest.raises(ValueError, match="heads"):
         train_scenes.GatherProbe(language, layer, language.config.num_attention_heads, 0.25)
     seeds = [scenes.TRAIN_SEED + 5, scenes.TRAIN_SEED + 6]
-    batch = one_answer_count_batch(train_scenes, processor, seeds, 3)
-    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
-    batch |= train_scenes.visual_anchors(batch["input_ids"], image_token, batch["objects"])
-    plain, [] = train_scenes.answer_loss(model, batch)
-    total, [(gather_loss, right)] = train_scenes.answer_loss(model, batch, gather)
-    torch.testing.assert_close(total, plain + 0.25 * gather_loss, atol=1e-5, rtol=1e-5)
-    model.zero_grad()
-    gather_loss.backward()
+    batch, image_token = marked_count_batch(train_scenes, processor, seeds, 3)
+    gather_loss, right = added_probe_loss(train_scenes, model, batch, gather)
     for name, parameter in model.named_parameters():
         if "lora_" in name:
             at = int(name.split("layers.")[1].split(".")[0])
@@ -1147,9 +1145,7 @@ def test_the_gather_probe_supervises_one_heads_attention_at_the_counted_word(tin
             assert reached == (at < layer or (at == layer and ("q_proj" in name or "k_proj" in name))), name
 
     with torch.no_grad():
-        said = gather.attention(model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
-                                            attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
-                                            output_hidden_states=True).hidden_states, batch).exp()  # fmt: skip
+        said = gather.attention(residual_streams(model, batch), batch).exp()
     model.set_attn_implementation("eager")  # eager attention adds a mask to the scores: give it 0 / -inf, not booleans
     blocked = torch.finfo(torch.float32).min
     additive = torch.zeros(batch["attention_mask"].shape).masked_fill(~batch["attention_mask"], blocked)
