@@ -1204,8 +1204,9 @@ def test_a_count_probe_that_could_not_train_anything_is_refused(flags, message):
 def test_interpolated_weights_merge_to_the_interpolation_of_the_two_decoders(tmp_path, monkeypatch, capsys):
     """scripts/interpolate_trained.py: the output folder, merged as assembly merges the shipped
     weights, gives W0 + (1 - w) dW_first + w dW_second in every adapted layer (each dW worked out
-    here from its own folder, with its own alpha/rank) and the interpolated projector; bad
-    requests are refused with exit 2 and leave nothing behind."""
+    here from its own folder, with its own alpha/rank) and the interpolated projector; a soup of
+    three (--mean) gives the mean of the three, and --rank R the best rank-R approximation of it;
+    bad requests are refused with exit 2 and leave nothing behind."""
     train_scenes = pytest.importorskip("train_scenes_model")
     pytest.importorskip("peft")
     interpolate_trained = pytest.importorskip("interpolate_trained")
@@ -1230,9 +1231,9 @@ def test_interpolated_weights_merge_to_the_interpolation_of_the_two_decoders(tmp
     def merged(folder):
         model, _ = build_random("tiny", seed=0)
         assembly.merge_trained(model, folder)
-        return dict(model.named_parameters())
+        return {name: parameter.detach() for name, parameter in model.named_parameters()}
 
-    base = dict(build_random("tiny", seed=0)[0].named_parameters())
+    base = {name: parameter.detach() for name, parameter in build_random("tiny", seed=0)[0].named_parameters()}
 
     def delta(folder, scaling):
         tensors = load_file(folder / assembly.ADAPTER_FILE)
@@ -1261,6 +1262,38 @@ def test_interpolated_weights_merge_to_the_interpolation_of_the_two_decoders(tmp
             else:
                 torch.testing.assert_close(parameter, base[name], atol=0, rtol=0)
 
+    # A uniform soup of three folders (each with its own rank and alpha) merges to the mean of the
+    # three updates; refactorised to a rank that holds the whole mixture, it merges to the same.
+    third = trained_folder("third", 3, 12.0, seed=3)
+    deltas = (*deltas, delta(third, 12.0 / 3))
+    projectors = (*projectors, load_file(third / assembly.PROJECTOR_FILE))
+    for flags, rank in (([], 9), (["--rank", "9"], 9)):
+        out = tmp_path / f"soup{flags}"
+        monkeypatch.setattr(sys, "argv", ["interpolate_trained.py", str(first), str(second), str(third), "--mean", *flags, "--out", str(out)])
+        interpolate_trained.main()
+        assert json.loads((out / assembly.ADAPTER_CONFIG).read_text())["rank"] == rank
+        mixed = merged(out)
+        for name in deltas[0]:
+            expected = base[name] + sum(d[name] for d in deltas) / 3
+            torch.testing.assert_close(mixed[name], expected, atol=1e-2 * float(expected.abs().max()), rtol=0)
+        for key, value in projectors[0].items():
+            soup = sum(p[key] for p in projectors) / 3
+            torch.testing.assert_close(mixed[f"model.multi_modal_projector.{key}"], soup)
+
+    # Refactorised to rank 2, each layer's update is the best rank-2 approximation of the mean
+    # (Eckart-Young): its error is exactly the singular values beyond the second, and its rank 2.
+    out = tmp_path / "soup-rank2"
+    monkeypatch.setattr(sys, "argv", ["interpolate_trained.py", str(first), str(second), str(third), "--mean", "--rank", "2", "--out", str(out)])
+    interpolate_trained.main()
+    assert "of the mixed updates' squared norm left out" in capsys.readouterr().out
+    mixed = merged(out)
+    for name in deltas[0]:
+        mean = sum(d[name] for d in deltas) / 3
+        update = mixed[name] - base[name]
+        tail = torch.linalg.svdvals(mean.double())[2:].square().sum().sqrt()
+        assert abs(float((update.double() - mean.double()).norm()) - float(tail)) <= 2e-2 * float(mean.norm())
+        assert int(torch.linalg.matrix_rank(update.double(), rtol=1e-6)) <= 2
+
     other = tmp_path / "other"  # the first folder's weights, its adapter on other layers' kinds
     other.mkdir()
     for path in assembly.trained_files(first):
@@ -1271,7 +1304,10 @@ def test_interpolated_weights_merge_to_the_interpolation_of_the_two_decoders(tmp
     for folders, flags, message in (
         ((first, second), ["--weight", "1.5", "--out", new], "--weight must lie in [0, 1], got 1.5"),
         ((first, second), ["--weight", "0.5", "--out", tmp_path / "mix-0.5"], "exists; choose a new folder"),
-        ((other, second), ["--weight", "0.5", "--out", new], "the two adapters differ in targets"),
+        ((other, second), ["--weight", "0.5", "--out", new], "the adapters differ in targets"),
+        ((first, second, third), ["--weight", "0.5", "--out", new], "--weight mixes two folders, got 3"),
+        ((first,), ["--mean", "--out", new], "give two or more folders to mix"),
+        ((first, second), ["--mean", "--rank", "0", "--out", new], "--rank must be at least 1, got 0"),
         ((tmp_path / "absent", second), ["--weight", "0.5", "--out", new], "lacks projector.safetensors"),
     ):
         monkeypatch.setattr(sys, "argv", ["interpolate_trained.py", *map(str, folders), *map(str, flags)])
