@@ -82,7 +82,7 @@ def _answers(loaded, prompts, *, profile="baseline", max_new_tokens=8):
 
 def test_it_answers_short_questions_about_the_sample_scene(scenes_model):
     """Questions of every kind the model was taught, answers recomputed from the object list. The
-    shipped model (run43's weights) answers all 8, the spatial one included; the bar of 7 leaves
+    shipped model (run49's weights) answers all 8, the spatial one included; the bar of 7 leaves
     room for one answer flipped by another CPU's arithmetic. Chance is below 3 of 8, so a model
     that does not read the picture fails."""
     objects = sample_objects()
@@ -106,7 +106,7 @@ def test_it_answers_short_questions_about_the_sample_scene(scenes_model):
 
 
 def test_it_describes_the_picture_in_sentences(scenes_model):
-    """The shipped model (run43's weights) names 4 of the sample's 5 objects (recall 0.8) in 6
+    """The shipped model (run49's weights, as run43's) names 4 of the sample's 5 objects (recall 0.8) in 6
     phrases (precision 0.67: the yellow square twice, the hexagon as a circle). A model that does not read the picture names
     colour-shape pairs of its 48 at random: recall and precision near 0."""
     texts, _ = _answers(scenes_model, [scenes.DESCRIBE_PROMPT], max_new_tokens=80)
