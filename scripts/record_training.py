@@ -17,6 +17,9 @@ their weights become the shipped ones: each must have continued from the one bef
 the first from the shipped folder.
 `--append` keeps the entries already in `--output` and adds these logs after them (the logs of
 earlier sessions' runs are not kept; training.json is their record).
+`--soup NAME=A.log,B.log,... --soup-rank R` records a uniform soup of recorded runs' weights
+(`scripts/interpolate_trained.py runs/A runs/B ... --mean --rank R --out runs/NAME`): it trains
+nothing, so it is kept apart ("soups"), with the command that rebuilds it from its runs' folders.
 """
 
 from __future__ import annotations
@@ -147,6 +150,25 @@ def adopted(previous: dict, names: list[str]) -> dict:
     }
 
 
+def soup_entry(spec: str, rank: int | None, date: str, previous: dict) -> dict:
+    """The record of `NAME=A.log,B.log,...`: a uniform soup of runs already in the record (a soup of
+    weights nobody can rebuild would be no record), named once."""
+    name, _, logs = spec.partition("=")
+    parts = [log for log in logs.split(",") if log]
+    if not name or len(parts) < 2:
+        raise SystemExit(f"--soup {spec}: give NAME=A.log,B.log (two or more recorded runs)")
+    recorded = {entry["log"] for entry in [*previous.get("runs", []), *previous.get("not_adopted", [])]}
+    for log in parts:
+        if log not in recorded:
+            raise SystemExit(f"--soup {spec}: {log} is not a recorded run")
+    if name in {soup["name"] for soup in previous.get("soups", [])}:
+        raise SystemExit(f"--soup {spec}: {name} is already recorded")
+    folders = " ".join(f"runs/{log.removesuffix('.log')}" for log in parts)
+    rank_flag = f" --rank {rank}" if rank else ""
+    return {"name": name, "of": parts, "rank": rank, "date": date,
+            "command": f"python scripts/interpolate_trained.py {folders} --mean{rank_flag} --out runs/{name}"}  # fmt: skip
+
+
 def versions() -> dict:
     import peft
     import torch
@@ -178,6 +200,10 @@ def record(previous: dict, runs: list[dict], not_adopted: list[dict], environmen
                  "An entry's own versions are its environment's; the top-level versions are those of the "
                  "entries without their own."),
     }  # fmt: skip
+    if previous.get("soups"):
+        document["soups"] = previous["soups"]
+        document["soups_note"] = ("Uniform soups of recorded runs' weights (scripts/interpolate_trained.py --mean): "
+                                  "nothing trained, so no minutes; not shipped unless in the model card.")  # fmt: skip
     if not_adopted:
         document["not_adopted"] = not_adopted
         document["not_adopted_note"] = ("Runs compared on held-out pictures (scripts/compare_trained.py) and not "
@@ -196,9 +222,14 @@ def main() -> None:
     parser.add_argument("--append", action="store_true", help="keep the runs already in --output and add these after them")
     parser.add_argument("--adopt", nargs="+", default=[], metavar="LOG",
                         help="with --append: recorded not-adopted runs (log names) whose weights now ship, oldest first")
+    parser.add_argument("--soup", metavar="NAME=A.log,B.log",
+                        help="with --append: record a uniform soup of recorded runs (interpolate_trained.py --mean)")
+    parser.add_argument("--soup-rank", type=int, help="the --rank the soup was written at")
     args = parser.parse_args()
-    if (args.logs or args.not_adopted) and not args.date:
-        parser.error("--date is needed with logs")
+    if (args.logs or args.not_adopted or args.soup) and not args.date:
+        parser.error("--date is needed with logs and --soup")
+    if args.soup and not args.append:
+        parser.error("--soup names runs of the record in --output: give --append")
     if args.adopt and not args.append:
         parser.error("--adopt moves runs of the record in --output: give --append")
     dates = log_dates(args.log_date, [log.name for log in [*args.logs, *args.not_adopted]])
@@ -208,6 +239,9 @@ def main() -> None:
 
     previous = json.loads(args.output.read_text(encoding="utf-8")) if args.append else {}
     previous = adopted(previous, args.adopt) if args.adopt else previous
+    if args.soup:
+        soup = soup_entry(args.soup, args.soup_rank, args.date, previous)
+        previous = previous | {"soups": [*previous.get("soups", []), soup]}
     document = record(previous, entries(args.logs), entries(args.not_adopted), versions())
     args.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.output} ({len(document['runs'])} runs, {document['total_minutes']:.0f} minutes)", file=sys.stderr)

@@ -270,6 +270,25 @@ def test_adopting_moves_a_lineage_of_not_adopted_runs_into_the_shipped_runs():
         record.adopted(earlier, ["run11.log"])
 
 
+def test_a_soup_of_recorded_runs_is_recorded_apart_with_the_command_that_rebuilds_it():
+    record = pytest.importorskip("record_training")
+    earlier = {"runs": [{"log": "run49.log", "minutes": 45.0}],
+               "not_adopted": [{"log": "run50.log", "minutes": 53.0}, {"log": "run52.log", "minutes": 48.6}]}  # fmt: skip
+    soup = record.soup_entry("soup50-52=run50.log,run52.log", 16, "2026-12-04", earlier)
+    assert soup == {"name": "soup50-52", "of": ["run50.log", "run52.log"], "rank": 16, "date": "2026-12-04",
+                    "command": "python scripts/interpolate_trained.py runs/run50 runs/run52 --mean --rank 16 --out runs/soup50-52"}  # fmt: skip
+    document = record.record(earlier | {"soups": [soup]}, [], [], {"torch": "2.13.0"})
+    assert document["soups"] == [soup]
+    assert document["total_minutes"] == 45.0  # a soup trains nothing: the shipped minutes do not move
+    assert "soups" not in record.record(earlier, [], [], {"torch": "2.13.0"})
+    with pytest.raises(SystemExit, match="run51.log is not a recorded run"):
+        record.soup_entry("soup50-51=run50.log,run51.log", 16, "2026-12-04", earlier)
+    with pytest.raises(SystemExit, match="two or more"):
+        record.soup_entry("soup50=run50.log", 16, "2026-12-04", earlier)
+    with pytest.raises(SystemExit, match="soup50-52 is already recorded"):
+        record.soup_entry("soup50-52=run50.log,run52.log", 16, "2026-12-04", earlier | {"soups": [soup]})
+
+
 def test_a_logged_flag_becomes_a_flag_in_the_rebuilt_command():
     record = pytest.importorskip("record_training")
     logged = {"out": "runs/b", "distinct": "True", "init": "None", "type_weights": "{'spatial': 10.0, 'position': 6.0}"}
@@ -665,7 +684,8 @@ def test_committed_curriculum_checkpoints_continue_like_the_shipped_weights():
     """benchmarks/curriculum/<run>/ (experiments' weights, committed so that the next lesson can start
     from them on any machine: `--init benchmarks/curriculum/<run>`) hold the shipped folder's three
     files with the same tensors' names, shapes and dtypes and the same adapter settings, and are runs
-    that training.json records (not adopted, or adopted when their weights became the shipped ones)."""
+    that training.json records (not adopted, or adopted when their weights became the shipped ones),
+    or soups it records of such runs."""
     from safetensors import safe_open
 
     from tokentrim_cli import assembly
@@ -675,6 +695,10 @@ def test_committed_curriculum_checkpoints_continue_like_the_shipped_weights():
     assert folders, "no committed curriculum checkpoint"
     training = json.loads((assembly.TRAINED_DIR / "training.json").read_text())
     recorded = {run["log"] for run in [*training["runs"], *training.get("not_adopted", [])]}
+    soups = {soup["name"] + ".log": soup["of"] for soup in training.get("soups", [])}  # rebuilt from recorded runs
+    for parts in soups.values():
+        assert set(parts) <= recorded, parts
+    recorded |= set(soups)
 
     def layout(path: Path) -> dict:
         with safe_open(str(path), "pt") as f:
@@ -682,9 +706,12 @@ def test_committed_curriculum_checkpoints_continue_like_the_shipped_weights():
 
     for folder in folders:
         assert folder.name + ".log" in recorded, folder.name
-        assert json.loads((folder / assembly.ADAPTER_CONFIG).read_text()) == json.loads(
-            (assembly.TRAINED_DIR / assembly.ADAPTER_CONFIG).read_text()
-        )
+        config = json.loads((folder / assembly.ADAPTER_CONFIG).read_text())
+        shipped = json.loads((assembly.TRAINED_DIR / assembly.ADAPTER_CONFIG).read_text())
+        if folder.name + ".log" in soups:  # a soup folds each run's alpha/rank into B: written at scaling 1
+            assert config["alpha"] == config["rank"]
+            config["alpha"] = shipped["alpha"]
+        assert config == shipped
         for name in (assembly.ADAPTER_FILE, assembly.PROJECTOR_FILE):
             assert layout(folder / name) == layout(assembly.TRAINED_DIR / name), (folder.name, name)
 
