@@ -20,6 +20,8 @@ earlier sessions' runs are not kept; training.json is their record).
 `--soup NAME=A.log,B.log,... --soup-rank R` records a uniform soup of recorded runs' weights
 (`scripts/interpolate_trained.py runs/A runs/B ... --mean --rank R --out runs/NAME`): it trains
 nothing, so it is kept apart ("soups"), with the command that rebuilds it from its runs' folders.
+`--adopt run50.log run52.log --adopt-soup soup50-52` records that the shipped weights are that
+soup: its runs must be among the shipped weights' runs (adopted with it), and it is marked shipped.
 """
 
 from __future__ import annotations
@@ -169,6 +171,20 @@ def soup_entry(spec: str, rank: int | None, date: str, previous: dict) -> dict:
             "command": f"python scripts/interpolate_trained.py {folders} --mean{rank_flag} --out runs/{name}"}  # fmt: skip
 
 
+def soup_adopted(previous: dict, name: str) -> dict:
+    """`previous` with the recorded soup `name` marked as the shipped weights (and no other soup): the
+    runs it is the mean of must be the shipped weights' runs, or the record would not rebuild them."""
+    soups = previous.get("soups", [])
+    if name not in {soup["name"] for soup in soups}:
+        raise SystemExit(f"--adopt-soup {name}: not a recorded soup")
+    shipped_runs = {run["log"] for run in previous.get("runs", [])}
+    soup = next(soup for soup in soups if soup["name"] == name)
+    for log in soup["of"]:
+        if log not in shipped_runs:
+            raise SystemExit(f"--adopt-soup {name}: {log} is not among the shipped weights' runs (--adopt it)")
+    return previous | {"soups": [entry | {"shipped": entry["name"] == name} for entry in soups]}
+
+
 def versions() -> dict:
     import peft
     import torch
@@ -203,7 +219,8 @@ def record(previous: dict, runs: list[dict], not_adopted: list[dict], environmen
     if previous.get("soups"):
         document["soups"] = previous["soups"]
         document["soups_note"] = ("Uniform soups of recorded runs' weights (scripts/interpolate_trained.py --mean): "
-                                  "nothing trained, so no minutes; not shipped unless in the model card.")  # fmt: skip
+                                  "nothing trained, so no minutes. The one marked shipped is the shipped weights, "
+                                  "the mean of its runs (the last of the runs above).")  # fmt: skip
     if not_adopted:
         document["not_adopted"] = not_adopted
         document["not_adopted_note"] = ("Runs compared on held-out pictures (scripts/compare_trained.py) and not "
@@ -225,10 +242,11 @@ def main() -> None:
     parser.add_argument("--soup", metavar="NAME=A.log,B.log",
                         help="with --append: record a uniform soup of recorded runs (interpolate_trained.py --mean)")
     parser.add_argument("--soup-rank", type=int, help="the --rank the soup was written at")
+    parser.add_argument("--adopt-soup", metavar="NAME", help="with --append: the recorded soup whose weights now ship")
     args = parser.parse_args()
     if (args.logs or args.not_adopted or args.soup) and not args.date:
         parser.error("--date is needed with logs and --soup")
-    if args.soup and not args.append:
+    if (args.soup or args.adopt_soup) and not args.append:
         parser.error("--soup names runs of the record in --output: give --append")
     if args.adopt and not args.append:
         parser.error("--adopt moves runs of the record in --output: give --append")
@@ -242,6 +260,8 @@ def main() -> None:
     if args.soup:
         soup = soup_entry(args.soup, args.soup_rank, args.date, previous)
         previous = previous | {"soups": [*previous.get("soups", []), soup]}
+    if args.adopt_soup:
+        previous = soup_adopted(previous, args.adopt_soup)
     document = record(previous, entries(args.logs), entries(args.not_adopted), versions())
     args.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.output} ({len(document['runs'])} runs, {document['total_minutes']:.0f} minutes)", file=sys.stderr)

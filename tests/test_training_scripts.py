@@ -287,6 +287,13 @@ def test_a_soup_of_recorded_runs_is_recorded_apart_with_the_command_that_rebuild
         record.soup_entry("soup50=run50.log", 16, "2026-12-04", earlier)
     with pytest.raises(SystemExit, match="soup50-52 is already recorded"):
         record.soup_entry("soup50-52=run50.log,run52.log", 16, "2026-12-04", earlier | {"soups": [soup]})
+    with pytest.raises(SystemExit, match="run50.log is not among the shipped weights' runs"):
+        record.soup_adopted(earlier | {"soups": [soup]}, "soup50-52")  # its runs not adopted with it
+    with pytest.raises(SystemExit, match="soup49-50: not a recorded soup"):
+        record.soup_adopted(earlier | {"soups": [soup]}, "soup49-50")
+    shipped = {"runs": [*earlier["runs"], *earlier["not_adopted"]], "soups": [soup | {"shipped": True}, soup | {"name": "old"}]}
+    after = record.soup_adopted(shipped, "soup50-52")
+    assert [entry["shipped"] for entry in after["soups"]] == [True, False]
 
 
 def test_a_logged_flag_becomes_a_flag_in_the_rebuilt_command():
