@@ -247,7 +247,7 @@ def main() -> None:
     if (args.logs or args.not_adopted or args.soup) and not args.date:
         parser.error("--date is needed with logs and --soup")
     if (args.soup or args.adopt_soup) and not args.append:
-        parser.error("--soup names runs of the record in --output: give --append")
+        parser.error("--soup and --adopt-soup read the record in --output: give --append")
     if args.adopt and not args.append:
         parser.error("--adopt moves runs of the record in --output: give --append")
     dates = log_dates(args.log_date, [log.name for log in [*args.logs, *args.not_adopted]])
