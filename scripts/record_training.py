@@ -121,11 +121,16 @@ def log_dates(pairs: list[str], names: list[str]) -> dict[str, str]:
     return dates
 
 
+def recorded_logs(previous: dict) -> set[str]:
+    """The log names of every run in a record, shipped or not."""
+    return {entry["log"] for entry in [*previous.get("runs", []), *previous.get("not_adopted", [])]}
+
+
 def appended(previous: dict, runs: list[dict], not_adopted: list[dict]) -> tuple[list[dict], list[dict]]:
     """The runs and not-adopted runs of an earlier record followed by the new ones; a log already
     recorded is an error (appending twice would count its minutes twice)."""
     old_runs, old_not_adopted = previous.get("runs", []), previous.get("not_adopted", [])
-    recorded = {entry["log"] for entry in [*old_runs, *old_not_adopted]}
+    recorded = recorded_logs(previous)
     for entry in [*runs, *not_adopted]:
         if entry["log"] in recorded:
             raise SystemExit(f"{entry['log']} is already recorded in the training record")
@@ -159,7 +164,7 @@ def soup_entry(spec: str, rank: int | None, date: str, previous: dict) -> dict:
     parts = [log for log in logs.split(",") if log]
     if not name or len(parts) < 2:
         raise SystemExit(f"--soup {spec}: give NAME=A.log,B.log (two or more recorded runs)")
-    recorded = {entry["log"] for entry in [*previous.get("runs", []), *previous.get("not_adopted", [])]}
+    recorded = recorded_logs(previous)
     for log in parts:
         if log not in recorded:
             raise SystemExit(f"--soup {spec}: {log} is not a recorded run")
@@ -175,10 +180,10 @@ def soup_adopted(previous: dict, name: str) -> dict:
     """`previous` with the recorded soup `name` marked as the shipped weights (and no other soup): the
     runs it is the mean of must be the shipped weights' runs, or the record would not rebuild them."""
     soups = previous.get("soups", [])
-    if name not in {soup["name"] for soup in soups}:
+    soup = next((entry for entry in soups if entry["name"] == name), None)
+    if soup is None:
         raise SystemExit(f"--adopt-soup {name}: not a recorded soup")
     shipped_runs = {run["log"] for run in previous.get("runs", [])}
-    soup = next(soup for soup in soups if soup["name"] == name)
     for log in soup["of"]:
         if log not in shipped_runs:
             raise SystemExit(f"--adopt-soup {name}: {log} is not among the shipped weights' runs (--adopt it)")
