@@ -225,7 +225,7 @@ def record(previous: dict, runs: list[dict], not_adopted: list[dict], environmen
         document["soups"] = previous["soups"]
         document["soups_note"] = ("Uniform soups of recorded runs' weights (scripts/interpolate_trained.py --mean): "
                                   "nothing trained, so no minutes. The one marked shipped is the shipped weights, "
-                                  "the mean of its runs (the last of the runs above).")  # fmt: skip
+                                  "the mean of its runs, which are the last entries of \"runs\".")  # fmt: skip
     if not_adopted:
         document["not_adopted"] = not_adopted
         document["not_adopted_note"] = ("Runs compared on held-out pictures (scripts/compare_trained.py) and not "

@@ -724,6 +724,27 @@ def test_committed_curriculum_checkpoints_continue_like_the_shipped_weights():
             assert layout(folder / name) == layout(assembly.TRAINED_DIR / name), (folder.name, name)
 
 
+def test_the_training_record_names_the_shipped_weights():
+    """training.json says what ships: either the last run's weights, whose adapter settings are the
+    shipped adapter.json's, or the one soup marked shipped, the mean of the last runs recorded,
+    written back at scaling 1 (alpha = rank), as interpolate_trained.py --mean --rank writes it."""
+    from tokentrim_cli import assembly
+
+    training = json.loads((assembly.TRAINED_DIR / "training.json").read_text())
+    config = json.loads((assembly.TRAINED_DIR / assembly.ADAPTER_CONFIG).read_text())
+    runs = [run["log"] for run in training["runs"]]
+    shipped = [soup for soup in training.get("soups", []) if soup.get("shipped")]
+    assert len(shipped) <= 1, shipped
+    if shipped:
+        parts = shipped[0]["of"]
+        assert runs[-len(parts):] == parts, (parts, runs[-len(parts):])
+        assert config["alpha"] == config["rank"] == shipped[0]["rank"]
+    else:
+        last = training["runs"][-1]["arguments"]
+        assert (float(last["alpha"]), int(last["rank"])) == (config["alpha"], config["rank"])
+    assert training["total_minutes"] == round(sum(run["minutes"] for run in training["runs"]), 1)
+
+
 def test_independent_turns_are_each_the_question_asked_alone(tiny, monkeypatch):
     """--independent-turns (run35): in the packed row every turn's hidden states equal those of a
     forward of that question alone with its picture (the 4-D mask and the position ids are right,
