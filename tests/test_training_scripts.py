@@ -697,11 +697,12 @@ def test_committed_curriculum_checkpoints_continue_like_the_shipped_weights():
 
     from tokentrim_cli import assembly
 
+    record = pytest.importorskip("record_training")
     root = Path(__file__).resolve().parent.parent
     folders = sorted(p for p in (root / "benchmarks" / "curriculum").iterdir() if p.is_dir())
     assert folders, "no committed curriculum checkpoint"
     training = json.loads((assembly.TRAINED_DIR / "training.json").read_text())
-    recorded = {run["log"] for run in [*training["runs"], *training.get("not_adopted", [])]}
+    recorded = record.recorded_logs(training)
     soups = {soup["name"] + ".log": soup["of"] for soup in training.get("soups", [])}  # rebuilt from recorded runs
     for parts in soups.values():
         assert set(parts) <= recorded, parts
