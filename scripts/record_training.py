@@ -21,7 +21,7 @@ earlier sessions' runs are not kept; training.json is their record).
 (`scripts/interpolate_trained.py runs/A runs/B ... --mean --rank R --out runs/NAME`): it trains
 nothing, so it is kept apart ("soups"), with the command that rebuilds it from its runs' folders.
 `--adopt run50.log run52.log --adopt-soup soup50-52` records that the shipped weights are that
-soup: its runs must be among the shipped weights' runs (adopted with it), and it is marked shipped.
+soup: its runs must be the last of the shipped weights' runs (adopted with it), and it is marked shipped.
 """
 
 from __future__ import annotations
@@ -183,10 +183,17 @@ def soup_adopted(previous: dict, name: str) -> dict:
     soup = next((entry for entry in soups if entry["name"] == name), None)
     if soup is None:
         raise SystemExit(f"--adopt-soup {name}: not a recorded soup")
-    shipped_runs = {run["log"] for run in previous.get("runs", [])}
+    shipped_runs = [run["log"] for run in previous.get("runs", [])]
     for log in soup["of"]:
         if log not in shipped_runs:
             raise SystemExit(f"--adopt-soup {name}: {log} is not among the shipped weights' runs (--adopt it)")
+    # The record says the shipped soup's runs are the last entries of "runs" (its note, and the
+    # package test that reads it); a soup of older runs would leave later runs in the lineage
+    # that the shipped weights do not contain.
+    last = shipped_runs[len(shipped_runs) - len(soup["of"]):]
+    if sorted(last) != sorted(soup["of"]):
+        raise SystemExit(f"--adopt-soup {name}: its runs must be the last of the shipped weights' runs "
+                         f"(the last {len(last)} are {', '.join(last)})")  # fmt: skip
     return previous | {"soups": [entry | {"shipped": entry["name"] == name} for entry in soups]}
 
 
@@ -253,6 +260,8 @@ def main() -> None:
         parser.error("--date is needed with logs and --soup")
     if (args.soup or args.adopt_soup) and not args.append:
         parser.error("--soup and --adopt-soup read the record in --output: give --append")
+    if args.soup_rank is not None and not args.soup:
+        parser.error("--soup-rank is the rank of the soup given with --soup: give --soup")
     if args.adopt and not args.append:
         parser.error("--adopt moves runs of the record in --output: give --append")
     dates = log_dates(args.log_date, [log.name for log in [*args.logs, *args.not_adopted]])

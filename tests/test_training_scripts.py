@@ -294,6 +294,22 @@ def test_a_soup_of_recorded_runs_is_recorded_apart_with_the_command_that_rebuild
     shipped = {"runs": [*earlier["runs"], *earlier["not_adopted"]], "soups": [soup | {"shipped": True}, soup | {"name": "old"}]}
     after = record.soup_adopted(shipped, "soup50-52")
     assert [entry["shipped"] for entry in after["soups"]] == [True, False]
+    # runs adopted after the soup's: the shipped weights would not be the soup any more
+    later = shipped | {"runs": [*shipped["runs"], {"log": "run53.log", "minutes": 43.3}]}
+    with pytest.raises(SystemExit, match="must be the last of the shipped weights' runs .the last 2 are run52.log, run53.log"):
+        record.soup_adopted(later, "soup50-52")
+
+
+def test_a_soup_rank_without_a_soup_is_refused(tmp_path, monkeypatch, capsys):
+    record = pytest.importorskip("record_training")
+    output = tmp_path / "training.json"
+    output.write_text(json.dumps({"runs": [{"log": "run49.log", "minutes": 45.0}]}), encoding="utf-8")
+    monkeypatch.setattr(sys, "argv", ["record_training.py", "--append", "--soup-rank", "16", "--output", str(output)])
+    with pytest.raises(SystemExit) as raised:
+        record.main()
+    assert raised.value.code == 2
+    assert "--soup-rank is the rank of the soup given with --soup" in capsys.readouterr().err
+    assert json.loads(output.read_text(encoding="utf-8")) == {"runs": [{"log": "run49.log", "minutes": 45.0}]}
 
 
 def test_a_logged_flag_becomes_a_flag_in_the_rebuilt_command():
