@@ -5,7 +5,8 @@
 Each folder holds what scripts/train_scenes_model.py writes (projector, adapter); every folder is
 loaded into the same base model and answers the same questions greedily: pictures from the
 training script's HOLDOUT_SEED (neither training, evaluation nor calibration), question types in
-rotation. One JSON line per folder: exact match per short-answer type, "short" over all of them,
+rotation (`--first-question K` skips the first K, to ask questions no earlier decision read). One
+JSON line per folder: exact match per short-answer type, "short" over all of them,
 and describe recall. This is how a new run is accepted or not before anything is measured on the
 evaluation set, so that choosing the shipped weights is not tuning on it.
 
@@ -84,6 +85,13 @@ def position_scores(model, processor, questions) -> dict:
     return {f"probe_{c}": v for c, v in greedy_scores(model, processor, asked, columns).items()}
 
 
+def held_out_questions(count: int, first: int = 0) -> list[tuple[int, scenes.Question]]:
+    """The training script's held-out questions `first` to `first + count - 1`: the same question
+    for the same index whatever the range, so that a range past the one earlier decisions read
+    (the first 280) asks questions no decision has used."""
+    return training.holdout_questions(first + count)[first:]
+
+
 def relation_questions(count: int) -> list[tuple[int, str, scenes.Question]]:
     """(seed, relation, question): on each of `count` pictures (PROBE_SEED up) one spatial question
     per relation, where the picture allows one."""
@@ -105,6 +113,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", type=Path, nargs="+")
     parser.add_argument("--questions", type=int, default=140)
+    parser.add_argument("--first-question", type=int, default=0, metavar="K",
+                        help="skip the first K held-out questions (those earlier decisions used)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     training.add_precision_option(parser)
     parser.add_argument("--position", type=int, default=0, help="also probe position questions on this many pictures")
@@ -112,7 +122,9 @@ def main() -> None:
     args = parser.parse_args()
     training.use_precision(args.precision)
     torch.set_num_threads(args.threads)
-    questions = training.holdout_questions(args.questions)
+    if args.first_question < 0:
+        parser.error("--first-question must be 0 or more")
+    questions = held_out_questions(args.questions, args.first_question)
     probe = position_questions(args.position)
     by_relation = relation_questions(args.spatial)
     model, processor = assembly.build_base(lambda message: None, seed=0)
@@ -133,7 +145,7 @@ def main() -> None:
             scores |= position_scores(model, processor, probe)
         if args.spatial:
             scores |= relation_scores(model, processor, by_relation)
-        print(json.dumps({"folder": str(folder), "questions": args.questions, **scores,
+        print(json.dumps({"folder": str(folder), "questions": args.questions, "first_question": args.first_question, **scores,
                           "minutes": round((time.time() - started) / 60, 1)}), flush=True)  # fmt: skip
 
 
