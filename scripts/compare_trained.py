@@ -85,13 +85,6 @@ def position_scores(model, processor, questions) -> dict:
     return {f"probe_{c}": v for c, v in greedy_scores(model, processor, asked, columns).items()}
 
 
-def held_out_questions(count: int, first: int = 0) -> list[tuple[int, scenes.Question]]:
-    """The training script's held-out questions `first` to `first + count - 1`: the same question
-    for the same index whatever the range, so that a range past the one earlier decisions read
-    (the first 280) asks questions no decision has used."""
-    return training.holdout_questions(first + count)[first:]
-
-
 def relation_questions(count: int) -> list[tuple[int, str, scenes.Question]]:
     """(seed, relation, question): on each of `count` pictures (PROBE_SEED up) one spatial question
     per relation, where the picture allows one."""
@@ -124,7 +117,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.first_question < 0:
         parser.error("--first-question must be 0 or more")
-    questions = held_out_questions(args.questions, args.first_question)
+    questions = training.holdout_questions(args.questions, args.first_question)
     probe = position_questions(args.position)
     by_relation = relation_questions(args.spatial)
     model, processor = assembly.build_base(lambda message: None, seed=0)

@@ -190,7 +190,7 @@ def soup_adopted(previous: dict, name: str) -> dict:
     # The record says the shipped soup's runs are the last entries of "runs" (its note, and the
     # package test that reads it); a soup of older runs would leave later runs in the lineage
     # that the shipped weights do not contain.
-    last = shipped_runs[len(shipped_runs) - len(soup["of"]):]
+    last = shipped_runs[-len(soup["of"]):]
     if sorted(last) != sorted(soup["of"]):
         raise SystemExit(f"--adopt-soup {name}: its runs must be the last of the shipped weights' runs "
                          f"(the last {len(last)} are {', '.join(last)})")  # fmt: skip

@@ -825,9 +825,11 @@ def answer_loss(model, batch: dict, *probes):
 # ---- held-out check -----------------------------------------------------------------------------
 
 
-def holdout_questions(count: int) -> list[tuple[int, scenes.Question]]:
+def holdout_questions(count: int, first: int = 0) -> list[tuple[int, scenes.Question]]:
+    """Held-out questions `first` to `first + count - 1`: each index always asks the same question,
+    so a range past the one earlier decisions read asks questions no decision has used."""
     out = []
-    for i in range(count):
+    for i in range(first, first + count):
         seed = HOLDOUT_SEED + i
         rng = random.Random(seed)
         objects = scenes.place_objects(rng)
