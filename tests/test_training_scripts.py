@@ -455,6 +455,72 @@ def test_few_object_training_scenes():
     assert all(len(objects) <= 3 for objects, c in zip(half, changed) if c)  # changed only by having fewer objects
 
 
+def test_mixed_size_training_scenes():
+    """--mixed-share: that share of the pictures has a shape and a colour each held by a large and a
+    small object, made by changing shapes and colours only (sizes and places as placed), and the
+    picture is drawn with the changed objects; share 0 leaves every picture as the earlier runs drew it."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    seeds = [scenes.TRAIN_SEED + n for n in range(80)]
+    assert [train_scenes.training_scene(seed, 0.3, 0.2, 0.1, 0.0)[1] for seed in seeds] == [
+        train_scenes.training_scene(seed, 0.3, 0.2, 0.1)[1] for seed in seeds
+    ]
+
+    def held_by_both_sizes(objects, attribute):
+        return any({o.size for o in objects if getattr(o, attribute) == value} == {"large", "small"}
+                   for value in {getattr(o, attribute) for o in objects})  # fmt: skip
+
+    checked = 0
+    for seed in seeds[:40]:
+        placed = scenes.place_objects(random.Random(seed))
+        image, objects = train_scenes.training_scene(seed, 0.0, 0.0, 0.0, 1.0)
+        assert [(o.size, o.x, o.y, o.radius) for o in objects] == [(o.size, o.x, o.y, o.radius) for o in placed]
+        if {o.size for o in placed} != {"large", "small"}:
+            assert objects == placed
+            continue
+        checked += 1
+        assert held_by_both_sizes(objects, "shape") and held_by_both_sizes(objects, "color")
+        assert sum(a != b for a, b in zip(objects, placed)) <= 2  # at most two small objects changed
+        for o in objects:  # each object's centre shows its (possibly new) colour, through the noise
+            pixel = image.getpixel((round(o.x), round(o.y)))
+            assert max(abs(a - b) for a, b in zip(pixel, scenes.COLORS[o.color])) < 45, (seed, o, pixel)
+    assert checked >= 30
+    half = [train_scenes.training_scene(seed, 0.0, 0.0, 0.0, 0.5)[1] for seed in seeds]
+    changed = [objects != scenes.place_objects(random.Random(seed)) for objects, seed in zip(half, seeds)]
+    assert 0.2 < sum(changed) / len(seeds) < 0.7
+
+
+def test_mixed_count_questions_ask_about_both_sizes():
+    """The training weight count_mixed: the evaluation's count question, in its words, about a shape
+    or colour held by a large and a small object; the subject and the answer are recomputed here from
+    the object list, and a picture without such a shape or colour gets None."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    rng = random.Random(3)
+    kinds = Counter()
+    for n in range(120):
+        objects = train_scenes.training_scene(scenes.TRAIN_SEED + n, 0.5, 0.0, 0.0, 0.5)[1]
+        question = train_scenes.mixed_count_question(objects, rng)
+        mixed = {(a, getattr(o, a)) for o in objects for a in ("shape", "color")
+                 if {p.size for p in objects if getattr(p, a) == getattr(o, a)} == {"large", "small"}}  # fmt: skip
+        if not mixed:
+            assert question is None
+            continue
+        counted = question.text.removeprefix("How many ").removesuffix(" are there?")
+        if question.type == "count_color":
+            subject = ("color", counted.removesuffix(" objects"))
+        else:
+            subject = ("shape", next(shape for shape, plural in scenes.PLURALS.items() if plural == counted))
+        assert subject in mixed, (question, mixed)
+        assert question.answer == str(sum(getattr(o, subject[0]) == subject[1] for o in objects))
+        assert question.type in ("count_shape", "count_color") and question.answer in question.sentence
+        assert question.prompt.endswith(scenes.SHORT_ANSWER_SUFFIX)
+        kinds[question.type] += 1
+    assert kinds["count_shape"] >= 15 and kinds["count_color"] >= 15
+
+
 def test_position_questions_have_the_right_answers():
     """The training-only position question, checked from the object list: the named object is found
     by its words and its centre compared with the middle of the picture here, not in the script."""

@@ -222,16 +222,10 @@ def make_question(kind: str, objects: list[SceneObject], rng: random.Random) -> 
     if kind == "count_color":
         # Mostly colours in the picture, sometimes one that is absent (answer 0).
         present = sorted({o.color for o in objects})
-        color = rng.choice(present) if rng.random() < 0.8 else rng.choice(tuple(COLORS))
-        n = sum(o.color == color for o in objects)
-        sentence = count_sentence(n, f"{color} object", f"{color} objects")
-        return Question(kind, f"How many {color} objects are there?", str(n), sentence)
+        return count_question(kind, rng.choice(present) if rng.random() < 0.8 else rng.choice(tuple(COLORS)), objects)
     if kind == "count_shape":
         present = sorted({o.shape for o in objects})
-        shape = rng.choice(present) if rng.random() < 0.8 else rng.choice(SHAPES)
-        n = sum(o.shape == shape for o in objects)
-        sentence = count_sentence(n, shape, PLURALS[shape])
-        return Question(kind, f"How many {PLURALS[shape]} are there?", str(n), sentence)
+        return count_question(kind, rng.choice(present) if rng.random() < 0.8 else rng.choice(SHAPES), objects)
     if kind == "color":
         named = [(o, n) for o in objects if (n := name_without_color(o, objects))]
         if not named:
@@ -249,6 +243,17 @@ def make_question(kind: str, objects: list[SceneObject], rng: random.Random) -> 
     if kind == "spatial":
         return spatial_question(objects, rng)
     raise ValueError(f"unknown question type {kind!r}")
+
+
+def count_question(kind: str, value: str, objects: list[SceneObject]) -> Question:
+    """"How many blue objects are there?" (kind count_color, value "blue") or "How many stars are
+    there?" (count_shape, "star"), answered from `objects`."""
+    if kind == "count_color":
+        n = sum(o.color == value for o in objects)
+        return Question(kind, f"How many {value} objects are there?", str(n),
+                        count_sentence(n, f"{value} object", f"{value} objects"))  # fmt: skip
+    n = sum(o.shape == value for o in objects)
+    return Question(kind, f"How many {PLURALS[value]} are there?", str(n), count_sentence(n, value, PLURALS[value]))
 
 
 def name_without_color(o: SceneObject, objects) -> str | None:
