@@ -14,7 +14,8 @@ carried their own, and `--append` keeps them.
 recorded apart ("not_adopted"), outside the shipped weights' runs and minutes. `--adopt run23.log
 run24.log ...` moves recorded not-adopted runs into the shipped weights' runs, in that order, when
 their weights become the shipped ones: each must have continued from the one before it (`--init`),
-the first from the shipped folder.
+the first from the shipped folder (with `--adopt-soup`, a soup's runs may each have started from
+the shipped folder, as branches).
 `--append` keeps the entries already in `--output` and adds these logs after them (the logs of
 earlier sessions' runs are not kept; training.json is their record).
 `--soup NAME=A.log,B.log,... --soup-rank R` records a uniform soup of recorded runs' weights
@@ -137,18 +138,22 @@ def appended(previous: dict, runs: list[dict], not_adopted: list[dict]) -> tuple
     return old_runs + runs, old_not_adopted + not_adopted
 
 
-def adopted(previous: dict, names: list[str]) -> dict:
+def adopted(previous: dict, names: list[str], branches: bool = False) -> dict:
     """`previous` with the not-adopted runs `names` moved, in that order, to the end of its runs: their
     weights are now the shipped ones. Each must have started from the one before it, and the first
-    from the shipped folder, or the runs would not be the shipped weights' lineage."""
+    from the shipped folder, or the runs would not be the shipped weights' lineage. With `branches`
+    (the runs of a soup that ships, --adopt-soup) each may also have started from the shipped folder:
+    runs trained apart from the same weights, whose mean is the new shipped weights (runs 56-57); a
+    run alone cannot be adopted that way, since only its own branch would then be shipped."""
     not_adopted = {entry["log"]: entry for entry in previous.get("not_adopted", [])}
-    started_from = "scenes_model"  # the shipped folder, tokentrim_cli/scenes_model
+    shipped = started_from = "scenes_model"  # the shipped folder, tokentrim_cli/scenes_model
     for name in names:
         if name not in not_adopted:
             raise SystemExit(f"--adopt {name}: not a recorded not-adopted run")
         init = not_adopted[name]["arguments"].get("init", "None")  # a run's --out folder is named like its log
-        if Path(init).name != started_from:
-            raise SystemExit(f"--adopt {name}: it started from {init}, not from {started_from}")
+        allowed = {started_from, shipped} if branches else {started_from}
+        if Path(init).name not in allowed:
+            raise SystemExit(f"--adopt {name}: it started from {init}, not from {' or '.join(sorted(allowed))}")
         started_from = name.removesuffix(".log")
     moved = [not_adopted[name] for name in names]
     return previous | {
@@ -224,7 +229,8 @@ def record(previous: dict, runs: list[dict], not_adopted: list[dict], environmen
         "runs": runs,
         "total_minutes": round(sum(run["minutes"] for run in runs), 1),
         "versions": previous.get("versions", environment),
-        "note": ("Runs are listed oldest first; a run with --init continued from the previous one's weights. "
+        "note": ("Runs are listed oldest first; a run with --init continued from the weights it names: the previous "
+                 "run's, or tokentrim_cli/scenes_model, the weights shipped on its day (a shipped soup's, soups). "
                  "An entry's own versions are its environment's; the top-level versions are those of the "
                  "entries without their own."),
     }  # fmt: skip
@@ -270,7 +276,7 @@ def main() -> None:
         return [parse(log) | {"date": dates.get(log.name, args.date)} for log in logs]
 
     previous = json.loads(args.output.read_text(encoding="utf-8")) if args.append else {}
-    previous = adopted(previous, args.adopt) if args.adopt else previous
+    previous = adopted(previous, args.adopt, branches=bool(args.adopt_soup)) if args.adopt else previous
     if args.soup:
         soup = soup_entry(args.soup, args.soup_rank, args.date, previous)
         previous = previous | {"soups": [*previous.get("soups", []), soup]}

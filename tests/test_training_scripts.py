@@ -268,6 +268,15 @@ def test_adopting_moves_a_lineage_of_not_adopted_runs_into_the_shipped_runs():
         record.adopted(earlier, ["run22.log"])
     with pytest.raises(SystemExit, match="run11.log: not a recorded not-adopted run"):
         record.adopted(earlier, ["run11.log"])
+    # a soup's branches, each from the shipped folder: adopted with their soup, never as a lineage alone
+    branches = earlier | {"not_adopted": [run("run56.log", "tokentrim_cli/scenes_model"),
+                                          run("run57.log", "tokentrim_cli/scenes_model"), run("run58.log", "runs/run55")]}  # fmt: skip
+    after = record.adopted(branches, ["run56.log", "run57.log"], branches=True)
+    assert [r["log"] for r in after["runs"]] == ["run11.log", "run56.log", "run57.log"]
+    with pytest.raises(SystemExit, match="run57.log: it started from tokentrim_cli/scenes_model, not from run56"):
+        record.adopted(branches, ["run56.log", "run57.log"])
+    with pytest.raises(SystemExit, match="run58.log: it started from runs/run55, not from run57 or scenes_model"):
+        record.adopted(branches, ["run56.log", "run57.log", "run58.log"], branches=True)
 
 
 def test_a_soup_of_recorded_runs_is_recorded_apart_with_the_command_that_rebuilds_it():
@@ -310,6 +319,32 @@ def test_a_soup_rank_without_a_soup_is_refused(tmp_path, monkeypatch, capsys):
     assert raised.value.code == 2
     assert "--soup-rank is the rank of the soup given with --soup" in capsys.readouterr().err
     assert json.loads(output.read_text(encoding="utf-8")) == {"runs": [{"log": "run49.log", "minutes": 45.0}]}
+
+
+def test_a_soups_branches_are_adopted_with_it_from_the_command_line(tmp_path, monkeypatch):
+    """--adopt run56.log run57.log --adopt-soup soup56-57: two runs that each started from the shipped
+    folder ship as their soup; the same --adopt without --adopt-soup is refused and writes nothing."""
+    record = pytest.importorskip("record_training")
+    monkeypatch.setattr(record, "versions", lambda: {"torch": "2.13.0"})
+
+    def run(name):
+        return {"log": name, "arguments": {"init": "tokentrim_cli/scenes_model"}, "minutes": 34.0}
+
+    before = {"runs": [{"log": "run52.log", "minutes": 48.6}], "not_adopted": [run("run56.log"), run("run57.log")],
+              "soups": [{"name": "soup56-57", "of": ["run56.log", "run57.log"], "rank": 16}]}  # fmt: skip
+    output = tmp_path / "training.json"
+    output.write_text(json.dumps(before), encoding="utf-8")
+    adopt = ["record_training.py", "--append", "--adopt", "run56.log", "run57.log", "--output", str(output)]
+    monkeypatch.setattr(sys, "argv", adopt)
+    with pytest.raises(SystemExit, match="run57.log: it started from tokentrim_cli/scenes_model, not from run56"):
+        record.main()
+    assert json.loads(output.read_text(encoding="utf-8")) == before
+    monkeypatch.setattr(sys, "argv", [*adopt, "--adopt-soup", "soup56-57"])
+    record.main()
+    after = json.loads(output.read_text(encoding="utf-8"))
+    assert [r["log"] for r in after["runs"]] == ["run52.log", "run56.log", "run57.log"]
+    assert "not_adopted" not in after and after["soups"][0]["shipped"] is True
+    assert after["total_minutes"] == 116.6
 
 
 def test_a_logged_flag_becomes_a_flag_in_the_rebuilt_command():
