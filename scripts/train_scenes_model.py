@@ -123,9 +123,10 @@ def use_precision(precision: str) -> None:
 HOLDOUT_SEED = 900_000  # held-out pictures for monitoring: neither training, evaluation nor calibration
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Question types per turn (`--type-weights` overrides): describe is long, so it comes less often per turn.
-# `position`, `compare`, `count_size` and `shape_colors` are training-only questions
-# (position_question, compare_question, size_count_question, shape_colors_question below), off
-# unless given a weight, so the committed runs' draws replay unchanged.
+# `position`, `compare`, `count_size`, `shape_colors` and `count_mixed` are training-only weights
+# (position_question, compare_question, size_count_question, shape_colors_question and
+# mixed_count_question below), off unless given a weight, so the committed runs' draws replay
+# unchanged (a weight of 0 at the end of the list changes no draw).
 TYPE_WEIGHTS = {"count_color": 3, "count_shape": 3, "color": 3, "shape": 3, "exist": 3, "spatial": 4, "describe": 1,
                 "position": 0, "compare": 0, "count_size": 0, "shape_colors": 0, "count_mixed": 0}  # fmt: skip
 
