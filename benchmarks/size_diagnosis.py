@@ -15,9 +15,11 @@ tower's 14-px patches, a large one (30 px) about 4x4. From the eval JSON (nothin
   unique in their picture, so that a named pair is that object);
 - count questions: accuracy by the true count, and, where the same picture was also described,
   whether the description names as many objects of that colour (shape) as there are: whether the
-  count fails in the short answer alone or in what the model sees; and the count questions with
+  count fails in the short answer alone or in what the model sees; the count questions with
   one object to count, by that object's size: how often it is counted right, and how often as
-  more than one.
+  more than one; and every count question by the sizes of the objects it counts (none, one large,
+  one small, two large, one large and one small, two small, three or more): how often it is right,
+  and how often it is answered one short (an object missed).
 
 `--probe N` then asks where a small object's colour and shape get lost. It fits linear probes
 (multinomial logistic regression on each object's mean feature over the patches it covers, the
@@ -86,6 +88,20 @@ def asked_count(question: scenes.Question, description: str) -> int:
     return sum(pair[place] == value for pair in scenes.mentioned_objects(description))
 
 
+COMPOSITIONS = ("none", "one large", "one small", "two large", "one large, one small", "two small", "three or more")
+
+
+def composition(counted: list[scenes.SceneObject]) -> str:
+    """The sizes of the objects a count question counts, as one of COMPOSITIONS."""
+    if len(counted) > 2:
+        return "three or more"
+    words = {0: "none", 1: "one", 2: "two"}
+    sizes = Counter(o.size for o in counted)
+    if len(sizes) == 2:
+        return "one large, one small"
+    return "none" if not counted else f"{words[len(counted)]} {next(iter(sizes))}"
+
+
 def existence_case(question: scenes.Question, objects: list[scenes.SceneObject]) -> str:
     """"small" or "large" (the size of the object asked about; "large" if any match is) when it is
     there, "absent" when it is not."""
@@ -99,8 +115,9 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
     "describe": {size: [found, objects]},
     "count": {(type, truth): [right, asked]}, "count_vs_description": {(type, description right,
     short answer right): questions}, "count_one": {(type, size): [right, asked, answered more than
-    one]} (the count questions with one object to count, by that object's size)} for one profile
-    of an eval JSON."""
+    one]} (the count questions with one object to count, by that object's size), "count_sizes":
+    {(type, composition): [right, asked, answered one short]} (every count question, by the sizes of
+    the objects it counts: COMPOSITIONS)} for one profile of an eval JSON."""
     named: dict = {(t, s): [0, 0] for t in ("color", "shape", "exist") for s in SIZES} | {("exist", "absent"): [0, 0]}
     described = {s: [0, 0] for s in SIZES}
     count: dict = {}
@@ -129,9 +146,15 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
             asked.append((sample, prediction))
     versus: Counter = Counter()
     one: dict = {(t, s): [0, 0, 0] for t in ("count_color", "count_shape") for s in SIZES}
+    by_sizes: dict = {(t, c): [0, 0, 0] for t in ("count_color", "count_shape") for c in COMPOSITIONS}
     for sample, prediction in asked:
         question = sample.question
         right = scenes.normalize_short(prediction) == question.answer
+        said = scenes.normalize_short(prediction)
+        cell = by_sizes[(question.type, composition(counted_objects(question, scenes.scene_objects(sample.seed))))]
+        cell[0] += right
+        cell[1] += 1
+        cell[2] += said == str(int(question.answer) - 1)
         cell = count.setdefault((question.type, int(question.answer)), [0, 0])
         cell[0] += right
         cell[1] += 1
@@ -139,13 +162,12 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
             versus[(question.type, asked_count(question, descriptions[sample.seed]) == int(question.answer), right)] += 1
         if question.answer == "1":
             (counted,) = counted_objects(question, scenes.scene_objects(sample.seed))
-            said = scenes.normalize_short(prediction)
             cell = one[(question.type, counted.size)]
             cell[0] += right
             cell[1] += 1
             cell[2] += said.isdigit() and int(said) > 1
     return {"named": named, "describe": described, "count": count, "count_vs_description": dict(versus),
-            "count_one": one}  # fmt: skip
+            "count_one": one, "count_sizes": by_sizes}  # fmt: skip
 
 
 # ---- the probes ---------------------------------------------------------------------------------
@@ -337,6 +359,13 @@ def main() -> None:
     for kind in ("count_color", "count_shape"):
         cells = [found["count_one"][(kind, size)] for size in SIZES]
         print(f"| {kind} | " + " | ".join(f"{percent(c[:2])} | {100 * c[2] / max(c[1], 1):.1f}%" for c in cells) + " |")
+
+    print("\n| objects counted | count of a colour: right | answered one short | count of a shape: right | "
+          "answered one short |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for kind in COMPOSITIONS:
+        color, shape = found["count_sizes"][("count_color", kind)], found["count_sizes"][("count_shape", kind)]
+        print(f"| {kind} | {color[0]}/{color[1]} | {color[2]} | {shape[0]}/{shape[1]} | {shape[2]} |")
 
     if args.probe:
         import torch

@@ -439,6 +439,36 @@ def test_the_size_diagnosis_splits_single_counts_by_the_objects_size():
         assert found["count_one"][(kind, "large")] == [0, large, large]
 
 
+def test_the_size_diagnosis_splits_every_count_by_the_sizes_counted():
+    """benchmarks/size_diagnosis.py's count_sizes: every count question by the sizes of the objects it
+    counts (found here from the object list), on hand-made predictions that miss one object when a
+    large and a small one are counted, count a lone large one as two, and answer every other count
+    right."""
+    diagnosis = benchmark_module("size_diagnosis")
+    samples = scenes.evaluation_questions()
+    plural_of = {plural: shape for shape, plural in scenes.PLURALS.items()}
+    chosen, expected, predictions = [], Counter(), []
+    for i, sample in enumerate(samples[:1200]):
+        if sample.question.type not in ("count_color", "count_shape"):
+            continue
+        word = sample.question.text.split()[2]
+        matching = [o for o in scenes.scene_objects(sample.seed) if o.color == word or o.shape == plural_of.get(word)]
+        sizes = sorted(o.size for o in matching)
+        kind = {(): "none", ("large",): "one large", ("small",): "one small", ("large", "large"): "two large",
+                ("large", "small"): "one large, one small", ("small", "small"): "two small"}.get(tuple(sizes), "three or more")  # fmt: skip
+        missed, over = kind == "one large, one small", kind == "one large"  # one short; one too many
+        chosen.append(i)
+        predictions.append(str(len(matching) - 1) if missed else "two" if over else f"{len(matching)}.")
+        expected[(sample.question.type, kind, "asked")] += 1
+        expected[(sample.question.type, kind, "right")] += not (missed or over)
+        expected[(sample.question.type, kind, "short")] += missed
+    found = diagnosis.diagnose({"ids": [_sample_id(samples, i) for i in chosen], "predictions": predictions}, samples)
+    for (kind, composition), (right, asked, short) in found["count_sizes"].items():
+        assert (right, asked, short) == tuple(expected[(kind, composition, c)] for c in ("right", "asked", "short"))
+    assert sum(cell[1] for cell in found["count_sizes"].values()) == len(chosen)
+    assert found["count_sizes"][("count_shape", "one large, one small")][2] >= 5
+
+
 def test_the_count_context_probe_asks_one_count_first_and_last():
     """benchmarks/count_context.py: the count question and its 15 companions are drawn from the
     picture's seed alone, all distinct and answerable from the objects (recomputed here); each
