@@ -95,11 +95,12 @@ def composition(counted: list[scenes.SceneObject]) -> str:
     """The sizes of the objects a count question counts, as one of COMPOSITIONS."""
     if len(counted) > 2:
         return "three or more"
-    words = {0: "none", 1: "one", 2: "two"}
-    sizes = Counter(o.size for o in counted)
+    if not counted:
+        return "none"
+    sizes = {o.size for o in counted}
     if len(sizes) == 2:
         return "one large, one small"
-    return "none" if not counted else f"{words[len(counted)]} {next(iter(sizes))}"
+    return f"{'one' if len(counted) == 1 else 'two'} {sizes.pop()}"
 
 
 def existence_case(question: scenes.Question, objects: list[scenes.SceneObject]) -> str:
@@ -149,8 +150,8 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
     by_sizes: dict = {(t, c): [0, 0, 0] for t in ("count_color", "count_shape") for c in COMPOSITIONS}
     for sample, prediction in asked:
         question = sample.question
-        right = scenes.normalize_short(prediction) == question.answer
         said = scenes.normalize_short(prediction)
+        right = said == question.answer
         cell = by_sizes[(question.type, composition(counted_objects(question, scenes.scene_objects(sample.seed))))]
         cell[0] += right
         cell[1] += 1
