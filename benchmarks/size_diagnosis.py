@@ -152,7 +152,8 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
         question = sample.question
         said = scenes.normalize_short(prediction)
         right = said == question.answer
-        cell = by_sizes[(question.type, composition(counted_objects(question, scenes.scene_objects(sample.seed))))]
+        those = counted_objects(question, scenes.scene_objects(sample.seed))  # placed once per question
+        cell = by_sizes[(question.type, composition(those))]
         cell[0] += right
         cell[1] += 1
         cell[2] += said == str(int(question.answer) - 1)
@@ -162,8 +163,7 @@ def diagnose(profile: dict, samples: list[scenes.SceneSample]) -> dict:
         if sample.seed in descriptions:
             versus[(question.type, asked_count(question, descriptions[sample.seed]) == int(question.answer), right)] += 1
         if question.answer == "1":
-            (counted,) = counted_objects(question, scenes.scene_objects(sample.seed))
-            cell = one[(question.type, counted.size)]
+            cell = one[(question.type, those[0].size)]
             cell[0] += right
             cell[1] += 1
             cell[2] += said.isdigit() and int(said) > 1
