@@ -54,7 +54,8 @@ is asked to attend to the row's first token and to the first patch of every coun
 equally (`GatherProbe`, run 47), so that its output is a value of the count, not of the area.
 `--small-share` draws that share of the pictures with small objects alone (run 12), `--few-share`
 with two or three objects (run 14), `--mixed-share` with a shape and a colour each held by a large
-and a small object (run 56).
+and a small object (run 56), `--varied-share` with object sizes varied so widely that the area they
+cover no longer tells their number (run 58); `PictureMix` says why each share exists.
 `--relations left` asks the spatial questions about that relation alone (run 17);
 `--relations left,right,above=2,below=2` asks each relation that share of them.
 `--train-from-layer K` trains only the adapter in decoder layers K and up (the projector and the
@@ -204,31 +205,50 @@ def mixed_size_pairs(objects: list[scenes.SceneObject], rng: random.Random) -> l
     return objects
 
 
-def training_scene(
-    seed: int, narrow_share: float, small_share: float = 0.0, few_share: float = 0.0, mixed_share: float = 0.0,
-):  # fmt: skip
-    """(picture, objects) for training picture `seed`. A `narrow_share` of them draw their objects
-    from 2-3 colours and 2-3 shapes: in the evaluation's distribution (8 colours, 6 shapes, 3-8
-    objects) most counts are 0 or 1, so a model that answers "1" to every count question loses
-    little, and the weights of runs 2-4 learnt exactly that (31 of 39 count answers "1"); scenes
-    with repeats make counts of 2-5 common and that prior costly. A `small_share` (drawn apart, so
-    both can apply) hold small objects alone: run11's answers about small objects lag those about
-    large ones (colour 78% against 92% on the evaluation set) while a linear probe reads a small
-    object's colour from its visual tokens 98% of the time (benchmarks/size_diagnosis.py), so the
-    decoder, not the features, is what needs the practice. A `few_share` (drawn apart again) hold
-    two or three objects (FEW_OBJECTS): every run left the spatial questions at chance, and in a
-    crowded picture a wrong guess of which tokens are the named object hides whether the model can
-    compare two positions at all; two or three objects make that comparison the whole question
-    (run 14: it did not help; benchmarks/spatial_diagnosis.py --probe then showed that the decoder
-    does find both named objects and their places, and fails at the comparison). Which pictures
-    are changed, and how, follows from the seed alone; with every share 0 every picture is
-    scenes.scene(seed). A `mixed_share` of them (drawn apart again, applied last) get mixed_size_pairs."""
+@dataclasses.dataclass(frozen=True)
+class PictureMix:
+    """Which training pictures leave the evaluation's distribution, and how: each field is the share
+    of pictures changed that way, each decided from the seed apart from the others, so that several
+    can apply to one picture. A `narrow` share draw their objects from 2-3 colours and 2-3 shapes: in
+    the evaluation's distribution (8 colours, 6 shapes, 3-8 objects) most counts are 0 or 1, so a
+    model that answers "1" to every count question loses little, and the weights of runs 2-4 learnt
+    exactly that (31 of 39 count answers "1"); scenes with repeats make counts of 2-5 common and that
+    prior costly. A `small` share hold small objects alone: run11's answers about small objects lag
+    those about large ones (colour 78% against 92% on the evaluation set) while a linear probe reads a
+    small object's colour from its visual tokens 98% of the time (benchmarks/size_diagnosis.py), so
+    the decoder, not the features, is what needs the practice. A `few` share hold two or three
+    objects (FEW_OBJECTS): in a crowded picture a wrong guess of which tokens are the named object
+    hides whether the model can compare two positions at all (run 14: it did not help). A `mixed`
+    share get mixed_size_pairs (run 56). A `varied` share draw each object's radius from
+    VARIED_SPREAD instead of scenes.RADIUS_SPREAD (run 58)."""
+
+    narrow: float = 0.0
+    small: float = 0.0
+    few: float = 0.0
+    mixed: float = 0.0
+    varied: float = 0.0
+
+
+# A small object's radius 9.8-19.6 px, a large one's 21-42 (scenes.SIZES: 14 and 30), so that the two
+# sizes never meet and their names stay right. The evaluation's 0.9-1.1 lies inside. The area a large
+# object covers (7-28 patches) then overlaps that of a large and a small one together (8-34) and of
+# two small ones (3-12): area no longer tells how many objects there are, which is how the shipped
+# weights' counts fail (a lone large object counted as two, a small one beside a large one missed;
+# runs 56-57).
+VARIED_SPREAD = (0.7, 1.4)
+
+
+def training_scene(seed: int, mix: PictureMix = PictureMix()):
+    """(picture, objects) for training picture `seed`, changed as `mix` says. Which pictures are
+    changed, and how, follows from the seed alone; with every share 0 every picture is
+    scenes.scene(seed), and each share's draws are as they were before the shares after it existed."""
     choose = random.Random(f"narrow-{seed}")
-    narrowed = choose.random() < narrow_share
-    small = random.Random(f"small-{seed}").random() < small_share
-    few = random.Random(f"few-{seed}").random() < few_share
-    mixed = random.Random(f"mixed-{seed}").random() < mixed_share
-    if not (narrowed or small or few or mixed):
+    narrowed = choose.random() < mix.narrow
+    small = random.Random(f"small-{seed}").random() < mix.small
+    few = random.Random(f"few-{seed}").random() < mix.few
+    mixed = random.Random(f"mixed-{seed}").random() < mix.mixed
+    varied = random.Random(f"varied-{seed}").random() < mix.varied
+    if not (narrowed or small or few or mixed or varied):
         return scenes.scene(seed)
     colors, shapes = tuple(scenes.COLORS), scenes.SHAPES
     if narrowed:
@@ -236,8 +256,9 @@ def training_scene(
         shapes = tuple(choose.sample(scenes.SHAPES, choose.randint(2, 3)))
     sizes = ("small",) if small else tuple(scenes.SIZES)
     counts = FEW_OBJECTS if few else (scenes.MIN_OBJECTS, scenes.MAX_OBJECTS)
+    spread = VARIED_SPREAD if varied else scenes.RADIUS_SPREAD
     rng = random.Random(seed)  # scenes.scene's draws, with the pairs made between placing and drawing
-    objects = scenes.place_objects(rng, shapes, colors, sizes, counts)
+    objects = scenes.place_objects(rng, shapes, colors, sizes, counts, spread)
     if mixed:
         objects = mixed_size_pairs(objects, random.Random(f"mixed-pairs-{seed}"))
     return scenes.draw(objects, rng), objects
@@ -358,27 +379,26 @@ def draw_question(
 
 def conversation(
     seed: int, turns: int, short_share: float, rng: random.Random, weights: dict[str, float],
-    narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0, few_share: float = 0.0,
-    relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS), mixed_share: float = 0.0,
+    mix: PictureMix = PictureMix(), distinct: bool = False,
+    relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS),
 ):  # fmt: skip
     """(picture, messages) for one training sequence: `turns` questions about one scene. With
     `distinct`, a question already asked in the sequence is drawn again (up to 20 tries): a repeat's
     answer can be copied from the earlier turn, so it teaches nothing about the picture. The spatial
     questions ask only about `relations` (all four draw as scenes.make_question does), each as often
     as its weight when `relations` is a dict of weights (parse_relations)."""
-    image, messages, _, _ = asked_conversation(seed, turns, short_share, rng, weights, narrow_share, distinct,
-                                               small_share, few_share, relations, mixed_share)  # fmt: skip
+    image, messages, _, _ = asked_conversation(seed, turns, short_share, rng, weights, mix, distinct, relations)
     return image, messages
 
 
 def asked_conversation(
     seed: int, turns: int, short_share: float, rng: random.Random, weights: dict[str, float],
-    narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0, few_share: float = 0.0,
-    relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS), mixed_share: float = 0.0,
+    mix: PictureMix = PictureMix(), distinct: bool = False,
+    relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS),
 ):  # fmt: skip
     """conversation()'s (picture, messages), the scenes.Question of each turn and the picture's
     objects, the same draws."""
-    image, objects = training_scene(seed, narrow_share, small_share, few_share, mixed_share)
+    image, objects = training_scene(seed, mix)
     messages, questions = [], []
     asked: set[str] = set()
     for turn in range(turns):
@@ -421,13 +441,13 @@ def answer_labels(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
 
 def make_batch(
     processor, seeds: list[int], turns: int, short_share: float, rng: random.Random, weights,
-    narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0, few_share: float = 0.0,
-    relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS), mixed_share: float = 0.0,
+    mix: PictureMix = PictureMix(), distinct: bool = False,
+    relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS),
 ) -> dict:  # fmt: skip
     images, texts, drawn = [], [], []
     for seed in seeds:
-        image, messages, _, objects = asked_conversation(seed, turns, short_share, rng, weights, narrow_share, distinct,
-                                                         small_share, few_share, relations, mixed_share)  # fmt: skip
+        image, messages, _, objects = asked_conversation(seed, turns, short_share, rng, weights, mix, distinct,
+                                                         relations)  # fmt: skip
         images.append(image)
         texts.append(processor.apply_chat_template(messages, add_generation_prompt=False))
         drawn.append(objects)
@@ -539,8 +559,8 @@ def segment_mask(segment: torch.Tensor) -> torch.Tensor:
 
 def independent_batch(
     processor, seeds: list[int], turns: int, short_share: float, rng: random.Random, weights,
-    narrow_share: float = 0.0, distinct: bool = False, small_share: float = 0.0, few_share: float = 0.0,
-    relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS), mixed_share: float = 0.0,
+    mix: PictureMix = PictureMix(), distinct: bool = False,
+    relations: tuple[str, ...] | dict[str, float] = tuple(scenes.RELATIONS),
 ) -> dict:  # fmt: skip
     """make_batch's questions (the same draws), each turn asked alone with its picture (single_turns):
     right-padded rows, a 4-D attention mask and the position ids; and every count turn's counted
@@ -548,9 +568,8 @@ def independent_batch(
     objects, for `--anchor-probe-layer`."""
     rows, drawn = [], []
     for seed in seeds:
-        image, messages, questions, objects = asked_conversation(seed, turns, short_share, rng, weights, narrow_share,
-                                                                 distinct, small_share, few_share, relations,
-                                                                 mixed_share)  # fmt: skip
+        image, messages, questions, objects = asked_conversation(seed, turns, short_share, rng, weights, mix,
+                                                                 distinct, relations)  # fmt: skip
         rows.append(single_turns(processor, image, messages, questions))
         drawn.append(objects)
     length = max(len(row["input_ids"]) for row in rows)
@@ -1137,6 +1156,7 @@ def run_stage(model, processor, params, *, steps, lr, args, offset, log, questio
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     )
     rng = random.Random(f"{args.seed}-{offset}")
+    mix = PictureMix(args.narrow_share, args.small_share, args.few_share, args.mixed_share, args.varied_share)
     model.train()
     losses, probed = [], {p: [] for p in probes}
     for step in range(steps):
@@ -1147,8 +1167,7 @@ def run_stage(model, processor, params, *, steps, lr, args, offset, log, questio
             break
         seeds = [scenes.TRAIN_SEED + offset + step * args.batch_size + i for i in range(args.batch_size)]
         batch = (independent_batch if args.independent_turns else make_batch)(
-            processor, seeds, args.turns, args.short_share, rng, args.type_weights, args.narrow_share, args.distinct,
-            args.small_share, args.few_share, args.relations, args.mixed_share)  # fmt: skip
+            processor, seeds, args.turns, args.short_share, rng, args.type_weights, mix, args.distinct, args.relations)
         if marks_needed:
             batch |= visual_anchors(batch["input_ids"], image_token, batch["objects"])
         with autocast():
@@ -1202,6 +1221,9 @@ def main() -> None:
     parser.add_argument("--mixed-share", type=float, default=0.0,
                         help="share of training pictures with a shape and a colour each held by a large and a "
                              "small object (mixed_size_pairs, run 56)")  # fmt: skip
+    parser.add_argument("--varied-share", type=float, default=0.0,
+                        help="share of training pictures whose objects' radii vary over VARIED_SPREAD, so that "
+                             "area stops telling a count (run 58)")  # fmt: skip
     parser.add_argument("--relations", type=parse_relations, default=tuple(scenes.RELATIONS),
                         help="the spatial questions ask only these, e.g. left (default: all four); "
                              "with weights, e.g. left,right,above=2,below=2, each that share of them")

@@ -420,9 +420,9 @@ def test_narrowed_training_scenes_make_counts_past_one_common():
     from tokentrim_cli import scenes
 
     seeds = [scenes.TRAIN_SEED + n for n in range(60)]
-    plain = train_scenes.training_scene(seeds[0], 0.0)  # share 0: the scene as every earlier run drew it
+    plain = train_scenes.training_scene(seeds[0], train_scenes.PictureMix(0.0))  # share 0: the scene as every earlier run drew it
     assert plain[1] == scenes.scene(seeds[0])[1] and plain[0].tobytes() == scenes.scene(seeds[0])[0].tobytes()
-    narrowed = [train_scenes.training_scene(seed, 1.0)[1] for seed in seeds]
+    narrowed = [train_scenes.training_scene(seed, train_scenes.PictureMix(1.0))[1] for seed in seeds]
     for objects in narrowed:
         assert len({o.color for o in objects}) <= 3 and len({o.shape for o in objects}) <= 3
         assert scenes.MIN_OBJECTS <= len(objects) <= scenes.MAX_OBJECTS
@@ -434,9 +434,9 @@ def test_narrowed_training_scenes_make_counts_past_one_common():
 
     assert repeated(narrowed) > 0.6
     assert repeated([scenes.place_objects(random.Random(seed)) for seed in seeds]) < 0.35
-    half = [train_scenes.training_scene(seed, 0.5)[1] for seed in seeds]
+    half = [train_scenes.training_scene(seed, train_scenes.PictureMix(0.5))[1] for seed in seeds]
     share = sum(a != scenes.place_objects(random.Random(seed)) for a, seed in zip(half, seeds)) / len(seeds)
-    assert 0.35 < share < 0.65 and half == [train_scenes.training_scene(seed, 0.5)[1] for seed in seeds]
+    assert 0.35 < share < 0.65 and half == [train_scenes.training_scene(seed, train_scenes.PictureMix(0.5))[1] for seed in seeds]
 
 
 def test_small_only_training_scenes():
@@ -454,14 +454,15 @@ def test_small_only_training_scenes():
         colors = tuple(choose.sample(tuple(scenes.COLORS), choose.randint(2, 3)))
         return scenes.place_objects(random.Random(seed), tuple(choose.sample(scenes.SHAPES, choose.randint(2, 3))), colors)
 
-    assert [train_scenes.training_scene(seed, 0.3, 0.0)[1] for seed in seeds] == [as_runs_5_to_11_drew(seed, 0.3) for seed in seeds]
-    small = [train_scenes.training_scene(seed, 0.0, 1.0)[1] for seed in seeds]
+    narrowed = [train_scenes.training_scene(seed, train_scenes.PictureMix(0.3, 0.0))[1] for seed in seeds]
+    assert narrowed == [as_runs_5_to_11_drew(seed, 0.3) for seed in seeds]
+    small = [train_scenes.training_scene(seed, train_scenes.PictureMix(0.0, 1.0))[1] for seed in seeds]
     assert all(o.size == "small" and o.radius <= scenes.SIZES["small"] * 1.1 for objects in small for o in objects)
     assert all(scenes.MIN_OBJECTS <= len(objects) <= scenes.MAX_OBJECTS for objects in small)
     assert sum(len(objects) for objects in small) / len(small) > 5  # small objects leave room for all of them
-    both = [train_scenes.training_scene(seed, 1.0, 1.0)[1] for seed in seeds]
+    both = [train_scenes.training_scene(seed, train_scenes.PictureMix(1.0, 1.0))[1] for seed in seeds]
     assert all(len({o.color for o in objects}) <= 3 and {o.size for o in objects} == {"small"} for objects in both)
-    half = [train_scenes.training_scene(seed, 0.0, 0.5)[1] for seed in seeds]
+    half = [train_scenes.training_scene(seed, train_scenes.PictureMix(0.0, 0.5))[1] for seed in seeds]
     only_small = [all(o.size == "small" for o in objects) for objects in half]
     plain = [objects == scenes.place_objects(random.Random(seed)) for objects, seed in zip(half, seeds)]
     assert 0.3 < sum(only_small) / len(seeds) < 0.7
@@ -475,16 +476,16 @@ def test_few_object_training_scenes():
     from tokentrim_cli import scenes
 
     seeds = [scenes.TRAIN_SEED + n for n in range(80)]
-    assert [train_scenes.training_scene(seed, 0.0, 0.0, 0.0)[1] for seed in seeds] == [
+    assert [train_scenes.training_scene(seed, train_scenes.PictureMix(0.0, 0.0, 0.0))[1] for seed in seeds] == [
         scenes.place_objects(random.Random(seed)) for seed in seeds
     ]
-    few = [train_scenes.training_scene(seed, 0.0, 0.0, 1.0)[1] for seed in seeds]
+    few = [train_scenes.training_scene(seed, train_scenes.PictureMix(0.0, 0.0, 1.0))[1] for seed in seeds]
     assert all(len(objects) in (2, 3) for objects in few)
     assert {len(objects) for objects in few} == {2, 3}
-    both = [train_scenes.training_scene(seed, 1.0, 1.0, 1.0)[1] for seed in seeds]
+    both = [train_scenes.training_scene(seed, train_scenes.PictureMix(1.0, 1.0, 1.0))[1] for seed in seeds]
     assert all(len(objects) in (2, 3) and {o.size for o in objects} == {"small"} for objects in both)
-    half = [train_scenes.training_scene(seed, 0.3, 0.0, 0.5)[1] for seed in seeds]
-    narrowed_only = [train_scenes.training_scene(seed, 0.3, 0.0, 0.0)[1] for seed in seeds]
+    half = [train_scenes.training_scene(seed, train_scenes.PictureMix(0.3, 0.0, 0.5))[1] for seed in seeds]
+    narrowed_only = [train_scenes.training_scene(seed, train_scenes.PictureMix(0.3, 0.0, 0.0))[1] for seed in seeds]
     changed = [a != b for a, b in zip(half, narrowed_only)]
     assert 0.3 < sum(changed) / len(seeds) < 0.7
     assert all(len(objects) <= 3 for objects, c in zip(half, changed) if c)  # changed only by having fewer objects
@@ -498,8 +499,8 @@ def test_mixed_size_training_scenes():
     from tokentrim_cli import scenes
 
     seeds = [scenes.TRAIN_SEED + n for n in range(80)]
-    assert [train_scenes.training_scene(seed, 0.3, 0.2, 0.1, 0.0)[1] for seed in seeds] == [
-        train_scenes.training_scene(seed, 0.3, 0.2, 0.1)[1] for seed in seeds
+    assert [train_scenes.training_scene(seed, train_scenes.PictureMix(0.3, 0.2, 0.1, 0.0))[1] for seed in seeds] == [
+        train_scenes.training_scene(seed, train_scenes.PictureMix(0.3, 0.2, 0.1))[1] for seed in seeds
     ]
 
     def held_by_both_sizes(objects, attribute):
@@ -509,7 +510,7 @@ def test_mixed_size_training_scenes():
     checked = 0
     for seed in seeds[:40]:
         placed = scenes.place_objects(random.Random(seed))
-        image, objects = train_scenes.training_scene(seed, 0.0, 0.0, 0.0, 1.0)
+        image, objects = train_scenes.training_scene(seed, train_scenes.PictureMix(0.0, 0.0, 0.0, 1.0))
         assert [(o.size, o.x, o.y, o.radius) for o in objects] == [(o.size, o.x, o.y, o.radius) for o in placed]
         if {o.size for o in placed} != {"large", "small"}:
             assert objects == placed
@@ -521,9 +522,41 @@ def test_mixed_size_training_scenes():
             pixel = image.getpixel((round(o.x), round(o.y)))
             assert max(abs(a - b) for a, b in zip(pixel, scenes.COLORS[o.color])) < 45, (seed, o, pixel)
     assert checked >= 30
-    half = [train_scenes.training_scene(seed, 0.0, 0.0, 0.0, 0.5)[1] for seed in seeds]
+    half = [train_scenes.training_scene(seed, train_scenes.PictureMix(0.0, 0.0, 0.0, 0.5))[1] for seed in seeds]
     changed = [objects != scenes.place_objects(random.Random(seed)) for objects, seed in zip(half, seeds)]
     assert 0.2 < sum(changed) / len(seeds) < 0.7
+
+
+def test_varied_size_training_scenes():
+    """--varied-share: that share of the pictures draw each object's radius over VARIED_SPREAD, wider
+    than the evaluation's and never letting a small object reach a large one's size, and the picture
+    is drawn at those radii; share 0 leaves every picture as the earlier runs drew it."""
+    train_scenes = pytest.importorskip("train_scenes_model")
+    from tokentrim_cli import scenes
+
+    seeds = [scenes.TRAIN_SEED + n for n in range(80)]
+    low, high = train_scenes.VARIED_SPREAD
+    assert scenes.SIZES["small"] * high < scenes.SIZES["large"] * low  # the size names stay right
+    varied = [train_scenes.training_scene(seed, train_scenes.PictureMix(varied=1.0)) for seed in seeds]
+    radii = [(o.size, o.radius / scenes.SIZES[o.size]) for _, objects in varied for o in objects]
+    assert all(low <= factor <= high for _, factor in radii)
+    assert sum(not 0.9 <= factor <= 1.1 for _, factor in radii) > 0.6 * len(radii)  # the evaluation's spread
+    assert {size for size, _ in radii} == {"small", "large"}
+    wide = 0
+    for image, objects in varied:  # a circle's colour reaches 0.8 of its radius out from its centre
+        for o in objects:
+            if o.shape != "circle":
+                continue
+            pixel = image.getpixel((round(o.x + 0.8 * o.radius), round(o.y)))
+            assert max(abs(a - b) for a, b in zip(pixel, scenes.COLORS[o.color])) < 45, (o, pixel)
+            wide += o.radius > scenes.SIZES["large"] * 1.1 / 0.8  # beyond any radius the evaluation draws
+    assert wide >= 3
+    half = [train_scenes.training_scene(seed, train_scenes.PictureMix(varied=0.5))[1] for seed in seeds]
+    changed = [objects != scenes.place_objects(random.Random(seed)) for objects, seed in zip(half, seeds)]
+    assert 0.3 < sum(changed) / len(seeds) < 0.7
+    for objects, seed, differs in zip(half, seeds, changed):
+        if differs:
+            assert all(low <= o.radius / scenes.SIZES[o.size] <= high for o in objects)
 
 
 def test_mixed_count_questions_ask_about_both_sizes():
@@ -536,7 +569,7 @@ def test_mixed_count_questions_ask_about_both_sizes():
     rng = random.Random(3)
     kinds = Counter()
     for n in range(120):
-        objects = train_scenes.training_scene(scenes.TRAIN_SEED + n, 0.5, 0.0, 0.0, 0.5)[1]
+        objects = train_scenes.training_scene(scenes.TRAIN_SEED + n, train_scenes.PictureMix(0.5, 0.0, 0.0, 0.5))[1]
         question = train_scenes.mixed_count_question(objects, rng)
         mixed = {(a, getattr(o, a)) for o in objects for a in ("shape", "color")
                  if {p.size for p in objects if getattr(p, a) == getattr(o, a)} == {"large", "small"}}  # fmt: skip
@@ -674,13 +707,15 @@ def test_distinct_sequences_ask_no_question_twice_and_old_mixes_replay():
 
     weights = train_scenes.parse_type_weights("spatial=10,position=6")
     for seed in range(10):
-        _, messages = train_scenes.conversation(seed, 14, 0.6, random.Random(seed), weights, 0.3, distinct=True)
+        _, messages = train_scenes.conversation(seed, 14, 0.6, random.Random(seed), weights, train_scenes.PictureMix(0.3),
+                                                distinct=True)
         prompts = [m["content"][-1]["text"].split("\n")[0] for m in messages if m["role"] == "user"]
         assert len(prompts) == 14 and len(set(prompts)) == 14
     # The training-only questions are in TYPE_WEIGHTS with weight 0 by default: the committed runs' draws do not move.
     old = {k: v for k, v in train_scenes.TYPE_WEIGHTS.items() if k not in ("position", "compare", "count_size", "shape_colors")}
-    _, with_position = train_scenes.conversation(5, 8, 0.7, random.Random(1), dict(train_scenes.TYPE_WEIGHTS), 0.3)
-    _, without = train_scenes.conversation(5, 8, 0.7, random.Random(1), old, 0.3)
+    mix = train_scenes.PictureMix(0.3)
+    _, with_position = train_scenes.conversation(5, 8, 0.7, random.Random(1), dict(train_scenes.TYPE_WEIGHTS), mix)
+    _, without = train_scenes.conversation(5, 8, 0.7, random.Random(1), old, mix)
     assert with_position == without
 
 
@@ -889,14 +924,14 @@ def test_independent_turns_are_each_the_question_asked_alone(tiny, monkeypatch):
         torch.arange(ids.shape[1]) >= ids.shape[1] - 3, ids, torch.full_like(ids, -100)))  # fmt: skip
     weights = train_scenes.parse_type_weights("count_color=3,count_shape=3,describe=0")
     seeds = [scenes.TRAIN_SEED + 40, scenes.TRAIN_SEED + 41]
-    batch = train_scenes.independent_batch(processor, seeds, 3, 0.5, random.Random(2), weights, 0.5, True)
+    batch = train_scenes.independent_batch(processor, seeds, 3, 0.5, random.Random(2), weights, train_scenes.PictureMix(0.5), True)
     rng = random.Random(2)
     with torch.no_grad():
         packed = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
                              attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).last_hidden_state  # fmt: skip
         lengths = []
         for row, seed in enumerate(seeds):
-            image, messages = train_scenes.conversation(seed, 3, 0.5, rng, weights, 0.5, True)
+            image, messages = train_scenes.conversation(seed, 3, 0.5, rng, weights, train_scenes.PictureMix(0.5), True)
             at = 0
             for turn in range(3):
                 alone = [{"role": "user", "content": [{"type": "image"}, messages[2 * turn]["content"][-1]]},
@@ -944,12 +979,12 @@ def test_count_turns_mark_the_counted_word_and_the_true_count(tiny):
     _, processor = tiny
     weights = train_scenes.parse_type_weights("count_color=4,count_shape=4,color=1,describe=0")
     seeds = [scenes.TRAIN_SEED + 70, scenes.TRAIN_SEED + 71]
-    batch = train_scenes.independent_batch(processor, seeds, 6, 0.5, random.Random(3), weights, 0.5, True)
+    batch = train_scenes.independent_batch(processor, seeds, 6, 0.5, random.Random(3), weights, train_scenes.PictureMix(0.5), True)
     rng = random.Random(3)
     expected = []
     for row, seed in enumerate(seeds):
-        _, messages = train_scenes.conversation(seed, 6, 0.5, rng, weights, 0.5, True)
-        _, objects = train_scenes.training_scene(seed, 0.5)
+        _, messages = train_scenes.conversation(seed, 6, 0.5, rng, weights, train_scenes.PictureMix(0.5), True)
+        _, objects = train_scenes.training_scene(seed, train_scenes.PictureMix(0.5))
         for turn in range(6):
             words = messages[2 * turn]["content"][-1]["text"].split()
             if words[:2] != ["How", "many"]:
@@ -1076,9 +1111,9 @@ def test_object_anchors_mark_each_objects_first_patch(tiny):
     _, processor = tiny
     weights = train_scenes.parse_type_weights("count_color=1,count_shape=1,color=0,shape=0,exist=0,spatial=0,describe=0")
     seeds = [scenes.TRAIN_SEED + 80, scenes.TRAIN_SEED + 81]
-    batch = train_scenes.independent_batch(processor, seeds, 2, 1.0, random.Random(0), weights, 0.5)
+    batch = train_scenes.independent_batch(processor, seeds, 2, 1.0, random.Random(0), weights, train_scenes.PictureMix(0.5))
     image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
-    drawn = [train_scenes.training_scene(seed, 0.5)[1] for seed in seeds]
+    drawn = [train_scenes.training_scene(seed, train_scenes.PictureMix(0.5))[1] for seed in seeds]
     found = train_scenes.visual_anchors(batch["input_ids"], image_token, drawn)
     for row, objects in enumerate(drawn):
         places = (batch["input_ids"][row] == image_token).nonzero().squeeze(1)
@@ -1154,7 +1189,7 @@ def test_object_tallies_count_each_shape_and_colour_at_first_patches(tiny):
     _, processor = tiny
     weights = train_scenes.parse_type_weights("count_color=1,count_shape=1,color=0,shape=0,exist=0,spatial=0,describe=0")
     seeds = [scenes.TRAIN_SEED + 80, scenes.TRAIN_SEED + 81]
-    batch = train_scenes.independent_batch(processor, seeds, 2, 1.0, random.Random(0), weights, 0.5)
+    batch = train_scenes.independent_batch(processor, seeds, 2, 1.0, random.Random(0), weights, train_scenes.PictureMix(0.5))
     image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     found = train_scenes.visual_anchors(batch["input_ids"], image_token, batch["objects"])
     for row, drawn in enumerate(batch["objects"]):
@@ -1229,7 +1264,7 @@ def test_object_ordinals_number_each_shape_and_colour_at_first_patches(tiny):
     _, processor = tiny
     weights = train_scenes.parse_type_weights("count_color=1,count_shape=1,color=0,shape=0,exist=0,spatial=0,describe=0")
     seeds = [scenes.TRAIN_SEED + 80, scenes.TRAIN_SEED + 81]
-    batch = train_scenes.independent_batch(processor, seeds, 2, 1.0, random.Random(0), weights, 0.5)
+    batch = train_scenes.independent_batch(processor, seeds, 2, 1.0, random.Random(0), weights, train_scenes.PictureMix(0.5))
     image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     found = train_scenes.visual_anchors(batch["input_ids"], image_token, batch["objects"])
     for row, drawn in enumerate(batch["objects"]):

@@ -28,6 +28,7 @@ COLORS = {
     "cyan": (40, 195, 215), "blue": (40, 70, 215), "purple": (135, 50, 185), "white": (245, 245, 245),
 }  # fmt: skip
 SIZES = {"small": 14, "large": 30}  # radius in pixels: a small object spans about 2x2 patches of 14 px
+RADIUS_SPREAD = (0.9, 1.1)  # each object's radius is its size's times a factor drawn from this range
 MIN_OBJECTS, MAX_OBJECTS = 3, 8
 MARGIN = 6  # pixels kept free between objects and from the border
 RELATION_GAP = 28  # centres this far apart (pixels) along an axis make a relation unambiguous
@@ -106,16 +107,19 @@ def shape_polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float,
 def place_objects(
     rng: random.Random, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = tuple(COLORS),
     sizes: tuple[str, ...] = tuple(SIZES), counts: tuple[int, int] = (MIN_OBJECTS, MAX_OBJECTS),
+    spread: tuple[float, float] = RADIUS_SPREAD,
 ) -> list[SceneObject]:  # fmt: skip
     """3-8 objects with random shape, colour, size and place, never overlapping. `shapes`, `colors`,
     `sizes` and `counts` (the fewest and most objects) narrow the choice (training draws some scenes
     from a few colours and shapes, so that counts past one are common, some from small objects alone
-    and some with two or three objects); the defaults draw the evaluation and calibration sets."""
+    and some with two or three objects); each object's radius is its size's times a factor drawn
+    from `spread` (training widens it in some scenes, so that the area objects cover stops telling
+    their number); the defaults draw the evaluation and calibration sets."""
     count = rng.randint(*counts)
     objects: list[SceneObject] = []
     while len(objects) < count:
         size = rng.choice(sizes)
-        radius = SIZES[size] * rng.uniform(0.9, 1.1)
+        radius = SIZES[size] * rng.uniform(*spread)
         for _ in range(200):
             x = rng.uniform(radius + MARGIN, SIZE - radius - MARGIN)
             y = rng.uniform(radius + MARGIN, SIZE - radius - MARGIN)
