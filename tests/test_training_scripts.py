@@ -415,6 +415,21 @@ def test_a_logged_question_mix_becomes_its_command_line_form():
         assert line == f"python scripts/train_scenes_model.py --relations {relations}"
 
 
+def as_recorded_runs_drew(seed: int, narrow: float, small: float = 0.0, few: float = 0.0):
+    """A training picture's objects as the recorded runs (5-55) drew them with these narrow, small and
+    few shares, written out here apart from training_scene."""
+    from tokentrim_cli import scenes
+
+    choose = random.Random(f"narrow-{seed}")
+    shapes, colors = scenes.SHAPES, tuple(scenes.COLORS)
+    if choose.random() < narrow:
+        colors = tuple(choose.sample(tuple(scenes.COLORS), choose.randint(2, 3)))
+        shapes = tuple(choose.sample(scenes.SHAPES, choose.randint(2, 3)))
+    sizes = ("small",) if random.Random(f"small-{seed}").random() < small else ("small", "large")
+    counts = (2, 3) if random.Random(f"few-{seed}").random() < few else (3, 8)
+    return scenes.place_objects(random.Random(seed), shapes, colors, sizes, counts)
+
+
 def test_narrowed_training_scenes_make_counts_past_one_common():
     train_scenes = pytest.importorskip("train_scenes_model")
     from tokentrim_cli import scenes
@@ -447,15 +462,8 @@ def test_small_only_training_scenes():
 
     seeds = [scenes.TRAIN_SEED + n for n in range(80)]
 
-    def as_runs_5_to_11_drew(seed, share):  # the narrowed draw of the recorded runs, written out here
-        choose = random.Random(f"narrow-{seed}")
-        if choose.random() >= share:
-            return scenes.place_objects(random.Random(seed))
-        colors = tuple(choose.sample(tuple(scenes.COLORS), choose.randint(2, 3)))
-        return scenes.place_objects(random.Random(seed), tuple(choose.sample(scenes.SHAPES, choose.randint(2, 3))), colors)
-
     narrowed = [train_scenes.training_scene(seed, train_scenes.PictureMix(0.3, 0.0))[1] for seed in seeds]
-    assert narrowed == [as_runs_5_to_11_drew(seed, 0.3) for seed in seeds]
+    assert narrowed == [as_recorded_runs_drew(seed, 0.3) for seed in seeds]
     small = [train_scenes.training_scene(seed, train_scenes.PictureMix(0.0, 1.0))[1] for seed in seeds]
     assert all(o.size == "small" and o.radius <= scenes.SIZES["small"] * 1.1 for objects in small for o in objects)
     assert all(scenes.MIN_OBJECTS <= len(objects) <= scenes.MAX_OBJECTS for objects in small)
@@ -500,18 +508,8 @@ def test_mixed_size_training_scenes():
 
     seeds = [scenes.TRAIN_SEED + n for n in range(80)]
 
-    def as_runs_12_to_55_drew(seed):  # the narrow, small and few shares of the recorded runs, written out here
-        choose = random.Random(f"narrow-{seed}")
-        shapes, colors = scenes.SHAPES, tuple(scenes.COLORS)
-        if choose.random() < 0.3:
-            colors = tuple(choose.sample(tuple(scenes.COLORS), choose.randint(2, 3)))
-            shapes = tuple(choose.sample(scenes.SHAPES, choose.randint(2, 3)))
-        sizes = ("small",) if random.Random(f"small-{seed}").random() < 0.2 else ("small", "large")
-        counts = (2, 3) if random.Random(f"few-{seed}").random() < 0.1 else (3, 8)
-        return scenes.place_objects(random.Random(seed), shapes, colors, sizes, counts)
-
     unchanged = [train_scenes.training_scene(seed, train_scenes.PictureMix(0.3, 0.2, 0.1, 0.0, 0.0))[1] for seed in seeds]
-    assert unchanged == [as_runs_12_to_55_drew(seed) for seed in seeds]  # the mixed and varied shares at 0
+    assert unchanged == [as_recorded_runs_drew(seed, 0.3, 0.2, 0.1) for seed in seeds]  # mixed and varied at 0
 
     def held_by_both_sizes(objects, attribute):
         return any({o.size for o in objects if getattr(o, attribute) == value} == {"large", "small"}
