@@ -89,12 +89,12 @@ def model_count(answer: str) -> int:
     return int(said) if said.isdigit() else -1
 
 
-def tally(rows: list[dict]) -> dict:
+def tally(rows: list[dict], readers: tuple[str, ...] = ("grid", "probe", "model")) -> dict:
     """{(kind, reader, split): [right, asked]} over rows of {"kind", "truth", "size", reader: count};
     split is "all", the true count's class, or "one small" / "one large"."""
     found: dict = {}
     for row in rows:
-        for reader in ("grid", "probe", "model"):
+        for reader in readers:
             if row[reader] is None:
                 continue
             right = int(count_class(row[reader]) == count_class(row["truth"]))

@@ -198,9 +198,10 @@ def object_patches(features, objects: list[scenes.SceneObject]):
     return features[covered].float(), [objects[i] for i in owner[covered].tolist()]
 
 
-def fit_probe(train_x, train_y, classes: int, steps: int = 300, weight_decay: float = 1e-3):
+def fit_probe(train_x, train_y, classes: int, steps: int = 300, weight_decay: float = 1e-3, class_weights=None):
     """A multinomial logistic regression on standardised features (L-BFGS, full batch); returns
-    a function from features to predicted classes."""
+    a function from features to predicted classes. `class_weights` (one per class) weighs each
+    class's share of the loss, for classes as unequal as anchors among visual tokens."""
     import torch
 
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
@@ -211,7 +212,7 @@ def fit_probe(train_x, train_y, classes: int, steps: int = 300, weight_decay: fl
 
     def closure():
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(linear(x), train_y) + weight_decay * linear.weight.pow(2).sum()
+        loss = torch.nn.functional.cross_entropy(linear(x), train_y, weight=class_weights) + weight_decay * linear.weight.pow(2).sum()
         loss.backward()
         return loss
 

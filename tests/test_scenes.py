@@ -606,3 +606,51 @@ def test_the_count_components_group_touching_tokens_and_score_four_classes():
     assert found[("count_shape", "model", 3)] == [0, 1]
     assert ("count_color", "model", "all") not in found  # no answer: not scored
     assert counter.model_count("2.") == 2 and counter.model_count("two stars") == -1
+
+
+def test_the_anchor_marks_are_scored_against_each_objects_first_patch():
+    """benchmarks/anchor_marks.py: a picture's marks split into anchors found, false marks on an
+    object's other patches and on the background, each object's marks, and the count a sum over the
+    asked objects' marks gives; the first patch of an object worked out here from the disc it
+    covers. The probe's class weights give each class half the loss, and they are what lets it find
+    a class of 1 in 100 (without them it marks far fewer of them)."""
+    import torch
+
+    marks_module = benchmark_module("anchor_marks")
+    square = scenes.SceneObject("square", "red", "large", 100, 100, 30)
+    star = scenes.SceneObject("star", "red", "small", 250, 250, 14)
+    covered = [
+        i for i in range(576)
+        if ((i % 24) * 14 + 7 - 100) ** 2 + ((i // 24) * 14 + 7 - 100) ** 2 < (0.75 * 30) ** 2
+    ]  # fmt: skip
+    first, other = covered[0], covered[-1]
+    background = 0  # the top-left patch: far from both objects
+    assert background not in covered
+    anchors = marks_module.anchor_labels([square, star])
+    assert sum(anchors) == 2 and anchors[first] and not anchors[other]
+    marks = [False] * 576
+    for place in (first, other, background):
+        marks[place] = True
+    summary = marks_module.mark_summary(marks, [square, star])
+    assert summary == {
+        "anchors": 2, "marked anchors": 1, "marks": 3, "false on an object": 1, "false on the background": 1,
+        "per object": [2, 0],
+    }  # fmt: skip
+    asks = {
+        "squares": scenes.Question("count_shape", "How many squares are there?", "1", "There is 1 square."),
+        "stars": scenes.Question("count_shape", "How many stars are there?", "1", "There is 1 star."),
+        "red": scenes.Question("count_color", "How many red objects are there?", "2", "There are 2 red objects."),
+    }
+    counts = {name: marks_module.marks_count(summary, [square, star], q) for name, q in asks.items()}
+    assert counts == {"squares": 2, "stars": 0, "red": 2}  # a large object marked twice counts as two
+
+    labels = torch.tensor([True] * 3 + [False] * 9)
+    assert marks_module.balanced_weights(labels).tolist() == pytest.approx([12 / 18, 12 / 6])
+    generator = torch.Generator().manual_seed(0)
+    y = (torch.arange(2000) < 20).long()  # 20 positives in 2,000
+    x = torch.randn(2000, 4, generator=generator) + 1.5 * y[:, None]
+    found = {}
+    for name, weights in (("plain", None), ("balanced", marks_module.balanced_weights(y))):
+        predict = marks_module.fit_probe(x, y, 2, class_weights=weights)
+        found[name] = (predict(x)[y == 1] == 1).float().mean().item()
+    assert found["balanced"] >= 0.8 and found["plain"] <= found["balanced"] - 0.4, found
