@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from count_components import KINDS, model_count, tally  # noqa: E402  (beside this script)
-from count_diagnosis import model_answers  # noqa: E402
+from count_diagnosis import model_answers, percent  # noqa: E402
 from size_diagnosis import PROBE_SEED, counted_objects, fit_probe  # noqa: E402
 
 from tokentrim_cli import scenes  # noqa: E402
@@ -115,10 +115,6 @@ def balanced_weights(labels) -> object:
     return counts.sum() / (2 * counts.clamp_min(1))
 
 
-def percent(right: int, asked: int) -> str:
-    return f"{100 * right / max(asked, 1):.1f}%"
-
-
 def report_layer(layer: int, summaries: dict[int, dict], objects_of: dict[int, list], rows: list[dict]) -> None:
     pictures = len(summaries)
     keys = ("anchors", "marked anchors", "marks", "false on an object", "false on the background")
@@ -129,8 +125,8 @@ def report_layer(layer: int, summaries: dict[int, dict], objects_of: dict[int, l
         "| false marks a picture: on an object | on the background |"
     )
     print("|---|---|---|---|---|")
-    print(f"| {pictures} | {percent(total['marked anchors'], total['anchors'])} of {total['anchors']} | "
-          f"{percent(total['marked anchors'], total['marks'])} of {total['marks']} | "
+    print(f"| {pictures} | {percent(total['marked anchors'], total['anchors'])} | "
+          f"{percent(total['marked anchors'], total['marks'])} | "
           f"{total['false on an object'] / pictures:.2f} | {total['false on the background'] / pictures:.2f} |")  # fmt: skip
     print("\n| object | no mark | one mark | two or more |")
     print("|---|---|---|---|")
@@ -139,7 +135,7 @@ def report_layer(layer: int, summaries: dict[int, dict], objects_of: dict[int, l
             n for seed, s in summaries.items() for o, n in zip(objects_of[seed], s["per object"]) if o.size == size
         ]
         cells = [sum(n == 0 for n in marks), sum(n == 1 for n in marks), sum(n >= 2 for n in marks)]
-        print(f"| {size} ({len(marks)}) | " + " | ".join(percent(c, len(marks)) for c in cells) + " |")
+        print(f"| {size} | " + " | ".join(percent(c, len(marks)) for c in cells) + " |")
     found = tally(rows, readers=("marks", "model"))
     splits = ["all", 0, 1, 2, 3, "one small", "one large"]
     names = {0: "count 0", 1: "count 1", 2: "count 2", 3: "count 3 or more"}
@@ -149,7 +145,7 @@ def report_layer(layer: int, summaries: dict[int, dict], objects_of: dict[int, l
         print("|---|" + "---|" * len(splits))
         for reader, label in (("marks", "marks on the asked objects"), ("model", "the model's answers")):
             cells = [found.get((kind, reader, s), [0, 0]) for s in splits]
-            print(f"| {label} | " + " | ".join(f"{percent(r, n)} of {n}" for r, n in cells) + " |")
+            print(f"| {label} | " + " | ".join(percent(r, n) for r, n in cells) + " |")
 
 
 def main() -> None:
