@@ -29,7 +29,6 @@ Needs the carrier packages. Markdown on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -40,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from count_components import KINDS, model_count, tally  # noqa: E402  (beside this script)
 from count_diagnosis import model_answers, percent  # noqa: E402
-from size_diagnosis import PROBE_SEED, counted_objects, fit_probe  # noqa: E402
+from size_diagnosis import PROBE_SEED, counted_objects, fit_probe, read_scenes_result  # noqa: E402
 
 from tokentrim_cli import scenes  # noqa: E402
 
@@ -164,11 +163,8 @@ def main() -> None:
         layers = sorted({int(part) for part in args.layers.split(",")})
     except ValueError:
         parser.error(f"--layers: comma-separated layer numbers, not {args.layers!r}")
-    document = json.loads(args.eval_json.read_text())
-    if not document["dataset"].startswith("scenes"):
-        sys.exit(f"{args.eval_json}: not a scenes evaluation ({document['dataset']!r})")
     samples = scenes.evaluation_questions()
-    answers = model_answers(document, samples)
+    answers = model_answers(read_scenes_result(args.eval_json), samples)
 
     import torch
 

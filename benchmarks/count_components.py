@@ -27,7 +27,6 @@ Markdown on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -37,7 +36,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from count_diagnosis import count_class, model_answers  # noqa: E402  (beside this script)
-from size_diagnosis import PROBE_SEED, counted, counted_objects, fit_probe, visual_batches  # noqa: E402
+from size_diagnosis import PROBE_SEED, counted, counted_objects, fit_probe, read_scenes_result, visual_batches  # noqa: E402
 
 from tokentrim_cli import scenes  # noqa: E402
 
@@ -127,11 +126,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.probe < 1:
         parser.error("--probe must be at least 1")
-    document = json.loads(args.eval_json.read_text())
-    if not document["dataset"].startswith("scenes"):
-        sys.exit(f"{args.eval_json}: not a scenes evaluation ({document['dataset']!r})")
     samples = scenes.evaluation_questions()
-    answers = model_answers(document, samples)
+    answers = model_answers(read_scenes_result(args.eval_json), samples)
 
     import torch
     from safetensors.torch import load_file

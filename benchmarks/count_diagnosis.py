@@ -49,7 +49,6 @@ on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
@@ -57,7 +56,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from size_diagnosis import counted_objects, fit_probe  # noqa: E402  (beside this script; imports no torch)
+from size_diagnosis import counted_objects, fit_probe, read_scenes_result  # noqa: E402  (beside this script; imports no torch)
 
 from tokentrim_cli import scenes  # noqa: E402
 from tokentrim_cli.benchmarks import scenes_question  # noqa: E402
@@ -235,11 +234,8 @@ def main() -> None:
                         help="also read where the counted phrase attends, on the first N evaluation questions of each type")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    document = json.load(open(args.eval_json))
-    if not document["dataset"].startswith("scenes"):
-        sys.exit(f"{args.eval_json}: not a scenes evaluation ({document['dataset']!r})")
     samples = scenes.evaluation_questions()
-    answers = model_answers(document, samples)
+    answers = model_answers(read_scenes_result(args.eval_json), samples)
 
     import torch
 

@@ -198,6 +198,15 @@ def object_patches(features, objects: list[scenes.SceneObject]):
     return features[covered].float(), [objects[i] for i in owner[covered].tolist()]
 
 
+def read_scenes_result(path: Path) -> dict:
+    """A `tokentrim eval --dataset scenes` result JSON; exits with a one-line message for any other
+    dataset's result."""
+    document = json.loads(path.read_text())
+    if not document["dataset"].startswith("scenes"):
+        sys.exit(f"{path}: not a scenes evaluation ({document['dataset']!r})")
+    return document
+
+
 def fit_probe(train_x, train_y, classes: int, steps: int = 300, weight_decay: float = 1e-3, class_weights=None):
     """A multinomial logistic regression on standardised features (L-BFGS, full batch); returns
     a function from features to predicted classes. `class_weights` (one per class) weighs each
@@ -325,9 +334,7 @@ def main() -> None:
                         help="the trained projector's folder (for the projector's probe)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    document = json.loads(args.eval_json.read_text())
-    if not document["dataset"].startswith("scenes"):
-        sys.exit(f"{args.eval_json}: not a scenes evaluation ({document['dataset']!r})")
+    document = read_scenes_result(args.eval_json)
     profiles = [p for p in document["profiles"] if p["profile"] == args.profile]
     if not profiles:
         sys.exit(f"{args.eval_json}: no profile {args.profile!r}")

@@ -36,7 +36,6 @@ question on 2 cores (15 minutes for --probe 1000). Markdown on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -44,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from size_diagnosis import attribute_label, fit_probe  # noqa: E402  (beside this script; imports no torch)
+from size_diagnosis import attribute_label, fit_probe, read_scenes_result  # noqa: E402  (beside this script; imports no torch)
 
 from tokentrim_cli import scenes  # noqa: E402
 from tokentrim_cli.benchmarks import scenes_question  # noqa: E402
@@ -265,10 +264,7 @@ def main() -> None:
     parser.add_argument("--probe", type=int, default=0, metavar="N", help="also probe the decoder, trained on N questions")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    path = args.eval_json
-    document = json.load(open(path))
-    if not document["dataset"].startswith("scenes"):
-        sys.exit(f"{path}: not a scenes evaluation ({document['dataset']!r})")
+    document = read_scenes_result(args.eval_json)
     samples = scenes.evaluation_questions()
     relations = tuple(scenes.RELATIONS)
     print("| profile | describe: pairs in left-to-right order | " + " | ".join(f"spatial {r}: right (yes)" for r in relations) + " |")
