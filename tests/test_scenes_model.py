@@ -82,11 +82,12 @@ def _answers(loaded, prompts, *, profile="baseline", max_new_tokens=8):
 
 def test_it_answers_short_questions_about_the_sample_scene(scenes_model):
     """Questions of every kind the model was taught, answers recomputed from the object list. The
-    shipped model (the mean of run50's and run52's weights) answers 7 of the 8, the spatial one
-    included: it calls the green hexagon cyan, with purple a close second (run49's answered all 8).
-    Its seven right answers lead the runner-up by 2.4 logits or more in fp32, far beyond what
-    another CPU's arithmetic moves, so the bar of 7 holds. Chance is below 3 of 8, so a model that
-    does not read the picture fails."""
+    shipped model (the mean of runs 54-61's weights) answers 7 of the 8, the spatial one included:
+    it calls the green hexagon cyan, with purple and green close behind (the weights before it, the
+    mean of run50's and run52's, did the same; run49's answered all 8). Its seven right answers lead
+    the runner-up by 1.4 logits or more in fp32 (the red objects' count, 1 against 2), far beyond
+    what another CPU's arithmetic moves, so the bar of 7 holds. Chance is below 3 of 8, so a model
+    that does not read the picture fails."""
     objects = sample_objects()
     by_shape = {o.shape: o for o in objects}
     cross, hexagon = by_shape["cross"], by_shape["hexagon"]
@@ -108,10 +109,10 @@ def test_it_answers_short_questions_about_the_sample_scene(scenes_model):
 
 
 def test_it_describes_the_picture_in_sentences(scenes_model):
-    """The shipped model (the mean of run50's and run52's weights, as run49's and run43's) names 4 of
-    the sample's 5 objects (recall 0.8) in 6 phrases (precision 0.67: the yellow square twice, the
-    hexagon as a circle). A model that does not read the picture names colour-shape pairs of its 48
-    at random: recall and precision near 0."""
+    """The shipped model (the mean of runs 54-61's weights) names 4 of the sample's 5 objects (recall
+    0.8) in 6 phrases (precision 0.67: the cyan circle twice, the hexagon as a circle; the weights
+    before it, and run49's and run43's, named the yellow square twice instead). A model that does
+    not read the picture names colour-shape pairs of its 48 at random: recall and precision near 0."""
     texts, _ = _answers(scenes_model, [scenes.DESCRIBE_PROMPT], max_new_tokens=80)
     recall, precision = scenes.describe_scores(texts[0], sample_objects())
     assert re.match(r"^[A-Z].*\.$", texts[0].strip()), texts[0]  # an English sentence, not a word
