@@ -37,13 +37,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from count_components import KINDS, model_count, tally  # noqa: E402  (beside this script)
+from count_components import GRID, KINDS, model_count, tally  # noqa: E402  (beside this script)
 from count_diagnosis import model_answers, percent  # noqa: E402
 from size_diagnosis import PROBE_SEED, counted_objects, fit_probe, read_scenes_result  # noqa: E402
+from spatial_diagnosis import residual_stream  # noqa: E402
 
 from tokentrim_cli import scenes  # noqa: E402
-
-GRID = 24  # 336 px at the tower's 14-px patches
 
 
 def anchor_labels(objects: list[scenes.SceneObject]) -> list[bool]:
@@ -80,30 +79,18 @@ def marks_count(summary: dict, objects: list[scenes.SceneObject], question: scen
     return sum(n for o, n in zip(objects, summary["per object"]) if any(o is c for c in counted))
 
 
-def visual_states(loaded, seeds: list[int], layers: list[int], log, batch_size: int = 8):
+def visual_states(loaded, seeds: list[int], layers: list[int], log):
     """{layer: (pictures, 576, hidden)}: the residual stream after each layer at the visual tokens
-    (row-major), one prompt for every picture (the tokens before and among them do not depend on it)."""
-    import torch
-
+    (row-major), one prompt for every picture (the tokens before and among them do not depend on it,
+    so they sit at the same places counted from the prompt's end in every row)."""
     from tokentrim_cli.generation import prepare_batch
     from tokentrim_cli.inputs import LoadedImage
 
-    image_token = loaded.model.config.image_token_id
-    found: dict[int, list] = {layer: [] for layer in layers}
-    for start in range(0, len(seeds), batch_size):
-        chunk = seeds[start : start + batch_size]
-        inputs = prepare_batch(
-            loaded, [([LoadedImage("scene", scenes.picture(seed))], scenes.DESCRIBE_PROMPT) for seed in chunk]
-        )
-        with torch.no_grad():
-            states = loaded.model(**inputs, output_hidden_states=True).hidden_states
-        for n in range(len(chunk)):
-            visual = (inputs["input_ids"][n] == image_token).nonzero().squeeze(1)
-            for layer in layers:
-                found[layer].append(states[layer][n, visual].float())
-        if (start // batch_size + 1) % 20 == 0:
-            log(f"{start + len(chunk)}/{len(seeds)} pictures")
-    return {layer: torch.stack(rows) for layer, rows in found.items()}
+    ids = prepare_batch(loaded, [([LoadedImage("scene", scenes.picture(seeds[0]))], scenes.DESCRIBE_PROMPT)])["input_ids"][0]
+    visual = ((ids == loaded.model.config.image_token_id).nonzero().squeeze(1) - len(ids)).tolist()
+    rows = [(scenes.picture(seed), scenes.DESCRIBE_PROMPT, visual) for seed in seeds]
+    states = residual_stream(loaded, rows, log, layers=layers)
+    return {layer: states[:, i] for i, layer in enumerate(layers)}
 
 
 def balanced_weights(labels) -> object:

@@ -181,10 +181,11 @@ def build_prompt_text(loaded, prompt: str) -> str:
     return build_prompt(loaded.processor, chat_messages(prompt, n_images=1))
 
 
-def residual_stream(loaded, rows: list[tuple[object, str, list[int]]], log, batch_size: int = 8):
+def residual_stream(loaded, rows: list[tuple[object, str, list[int]]], log, batch_size: int = 8, layers: list[int] | None = None):
     """(rows, layers + 1, positions, hidden): for each (picture, prompt, positions counted back
     from the prompt's last token), the residual stream after the embeddings and after every
-    decoder layer at those positions. The prompts go in batches as eval sends them (padded on the
+    decoder layer at those positions; with `layers`, after those decoder layers only (rows,
+    len(layers), positions, hidden). The prompts go in batches as eval sends them (padded on the
     left, so that positions counted from the end hold in every row)."""
     import torch
 
@@ -198,7 +199,8 @@ def residual_stream(loaded, rows: list[tuple[object, str, list[int]]], log, batc
         with torch.no_grad():
             states = loaded.model(**inputs, output_hidden_states=True).hidden_states
         at = torch.tensor([where for _, _, where in chunk]) + states[0].shape[1]  # from the end -> from the start
-        picked = [layer[torch.arange(len(chunk))[:, None], at] for layer in states]  # each (chunk, positions, hidden)
+        kept = states if layers is None else [states[layer] for layer in layers]
+        picked = [layer[torch.arange(len(chunk))[:, None], at] for layer in kept]  # each (chunk, positions, hidden)
         out.append(torch.stack(picked, dim=1).float())
         if (start // batch_size + 1) % 10 == 0:
             log(f"{start + len(chunk)}/{len(rows)} questions")
